@@ -1,0 +1,1 @@
+"""Shared building blocks: attention kernels, window helpers, stems, downsamplers, heads, position encodings."""

@@ -1,0 +1,1 @@
+"""Data sources, the one training recipe, evaluation and budget matching."""
