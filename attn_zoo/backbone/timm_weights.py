@@ -1,0 +1,38 @@
+"""Map timm checkpoints onto the harness's parameter names, so a preset can run the published weights.
+
+Each converter takes a timm ``state_dict`` and returns one for the matching preset; it renames, never
+changes values. Used by the equivalence tests (timm model with random weights vs ours with the same
+weights) and by users who have the published checkpoints on disk.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+# (timm pattern, our replacement), applied in order to every key
+_SWIN_RULES = (
+    (r"^patch_embed\.", "stem."),
+    (r"^layers\.(\d+)\.", r"stages.\1."),
+    (r"\.attn\.relative_position_bias_table$", ".mixer.rel_pos.relative_position_bias_table"),
+    (r"\.attn\.", ".mixer."),
+    (r"^head\.fc\.", "head."),
+)
+
+
+def _rename(state_dict: Mapping[str, torch.Tensor], rules, skip: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        if any(s in key for s in skip):
+            continue
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def swin_from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ``swin_*`` (timm >= 0.9 layout: downsample at the start of a stage) -> ``swin_t`` and friends."""
+    return _rename(state_dict, _SWIN_RULES, skip=("relative_position_index", "attn_mask"))

@@ -1,0 +1,129 @@
+"""What one cell does, inside its own worker process: size the model to the budget, count, time, train.
+
+Run as ``python -m attn_zoo.grid.cell SPEC.json RESULT.json``; the exit code and the result file tell the
+runner what happened. Outcomes: ``ok``, ``diverged`` (loss not finite, with the step), ``oom`` (out of
+memory), ``failed`` (anything else, with the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attn_zoo.backbone.config import ModelConfig
+from attn_zoo.backbone.harness import Backbone
+from attn_zoo.measure.counting import count_model
+from attn_zoo.measure.environment import environment
+from attn_zoo.measure.latency import measure_latency
+from attn_zoo.train.budget import Budget, match_budget
+from attn_zoo.train.data import DataConfig, create_loaders
+from attn_zoo.train.recipe import Diverged, TrainConfig, train
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_cell(spec: Mapping[str, Any], log=None) -> dict[str, Any]:
+    """Run one resolved cell and return ``{"status", "metrics", "reason", "environment", "backends", "model"}``."""
+    measure = spec["measure"]
+    if measure.get("threads"):
+        torch.set_num_threads(int(measure["threads"]))
+    device = torch.device(measure.get("device", "cpu"))
+    config = ModelConfig.from_dict(spec["model"])
+    metrics: dict[str, float] = {}
+
+    data_cfg = DataConfig.from_dict(spec["data"]) if spec.get("data") else None
+    train_cfg = TrainConfig(**spec["train"]) if spec.get("train") else None
+    loaders = None
+    if data_cfg is not None and train_cfg is not None:
+        loaders = create_loaders(
+            data_cfg,
+            img_size=config.img_size,
+            batch_size=train_cfg.batch_size,
+            seed=spec["seed"],
+            eval_batch_size=train_cfg.eval_batch_size,
+        )
+        info = loaders[2]
+        config = config.replace(num_classes=info["num_classes"], in_chans=info["in_chans"])
+        metrics.update(train_size=info["train_size"], val_size=info["val_size"])
+
+    budget = Budget(**spec["budget"])
+    start = time.perf_counter()
+    match = match_budget(config, budget)
+    config = match.config
+    metrics.update(match.to_row(), budget_match_s=time.perf_counter() - start)
+
+    seed_everything(spec["seed"])
+    model = Backbone(config).to(device)
+    if measure.get("count", True):
+        metrics.update(count_model(model, config.img_size, in_chans=config.in_chans, device=device))
+    if measure.get("latency", True):
+        model.eval()
+        x = torch.randn(measure["batch_size"], config.in_chans, config.img_size, config.img_size, device=device)
+        with torch.no_grad():
+            lat = measure_latency(lambda: model(x), device=device, warmup=measure["warmup"], repeats=measure["repeats"])
+        metrics.update({f"latency_{k}": v for k, v in lat.items()})
+        metrics["throughput_img_s"] = 1e3 * measure["batch_size"] / lat["median_ms"]
+    backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
+
+    status, reason = "ok", None
+    if loaders is not None:
+        seed_everything(spec["seed"])
+        model = Backbone(config)
+        try:
+            metrics.update(train(model, loaders[0], loaders[1], train_cfg, device=device))
+        except Diverged as exc:
+            status, reason = "diverged", str(exc)
+            metrics["diverged_step"] = exc.step
+        backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
+    return {
+        "status": status,
+        "reason": reason,
+        "metrics": metrics,
+        "environment": environment(device),
+        "backends": backends,
+        "model": config.to_dict(),
+        "budget_message": match.message,
+    }
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec_path, result_path = Path(args[0]), Path(args[1])
+    spec = json.loads(spec_path.read_text())
+    try:
+        result = run_cell(spec)
+    except BaseException as exc:  # the worker reports every failure to the runner, then exits non-zero
+        status = "oom" if _is_oom(exc) else "failed"
+        tail = traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]
+        result = {
+            "status": status,
+            "reason": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(tail),
+            "metrics": {},
+        }
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=str))
+    os.replace(tmp, result_path)  # the runner sees the whole result or none
+    return 0 if result["status"] in ("ok", "diverged") else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The one contract every token mixer follows.
+
+A mixer takes the tokens of one stage as ``(B, H, W, C)`` and returns the same shape. Anything a mechanism
+shares across the blocks of a stage (GC-ViT's global query) is built once per stage by
+:meth:`Mixer.build_context` and passed explicitly as ``context``; nothing is hidden in globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from attn_zoo.errors import MechanismInputError, UnknownNameError
+from attn_zoo.layers.backends import resolve_backend
+
+
+class Mixer(nn.Module):
+    """Base class of all token mixers: ``(B, H, W, C) -> (B, H, W, C)``.
+
+    Subclasses declare their knobs as keyword-only constructor arguments with type hints and defaults;
+    the registry reads them from the signature, so a knob is declared exactly once.
+
+    Class attributes a subclass may set:
+        block_pattern: knob values cycled over the blocks of a stage where the mechanism appears
+            (Swin's W-MSA / SW-MSA pair is ``({"shift": False}, {"shift": True})``). User knobs override.
+        stage_defaults: per-stage defaults from the paper (``{"r_n": (8, 4, 2, 1)}``); stages past the end
+            reuse the last value. User knobs override.
+        backends: the attention paths this mechanism can run, best first for ``backend="auto"``.
+        paper: one line naming the paper and the official code it follows.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    block_pattern: ClassVar[Sequence[Mapping[str, Any]]] = ({},)
+    stage_defaults: ClassVar[Mapping[str, Sequence[Any]]] = {}
+    backends: ClassVar[tuple[str, ...]] = ("reference",)
+
+    def __init__(self, dim: int, num_heads: int, *, feat_size: tuple[int, int] | None = None):
+        super().__init__()
+        label = self.name or type(self).__name__
+        if dim <= 0 or num_heads <= 0:
+            raise MechanismInputError(f"{label}: dim and num_heads must be positive, got {dim}, {num_heads}")
+        if dim % num_heads:
+            raise MechanismInputError(f"{label}: channels ({dim}) must be divisible by num_heads ({num_heads})")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.feat_size = tuple(feat_size) if feat_size is not None else None
+        self.backend = "auto"
+        self.last_backend: str | None = None
+
+    # -- the contract -------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def build_context(
+        cls, dim: int, num_heads: int, feat_size: tuple[int, int] | None, knobs: Mapping[str, Any]
+    ) -> nn.Module | None:
+        """Per-stage context module, run once on the stage input; ``None`` when the mechanism needs none."""
+        return None
+
+    @classmethod
+    def validate_knobs(cls, knobs: Mapping[str, Any]) -> None:
+        """Check value constraints of resolved knobs (types are already checked); raise ``KnobError``."""
+
+    def attention_macs(self, height: int, width: int) -> int:
+        """Analytic multiply-accumulates of this mixer for one image at a ``height x width`` stage map."""
+        raise NotImplementedError(f"{type(self).__name__} declares no attention-MACs formula")
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor, min_size: int = 1) -> tuple[int, int, int, int]:
+        """Validate ``x`` against the contract and return ``(B, H, W, C)``."""
+        label = self.name or type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise MechanismInputError(f"{label}: expected tokens of shape (B, H, W, C), got {shape}")
+        B, H, W, C = x.shape
+        if self.dim != C:
+            raise MechanismInputError(
+                f"{label}: expected {self.dim} channels in the last dimension, got {C} (shape {tuple(x.shape)})"
+            )
+        if min_size > H or min_size > W:
+            raise MechanismInputError(f"{label}: the map must be at least {min_size}x{min_size}, got {H}x{W}")
+        return B, H, W, C
+
+    def set_backend(self, backend: str) -> None:
+        """Force an attention path by name (``"auto"`` picks the best available one at call time)."""
+        allowed = ("auto", *self.backends)
+        if backend not in allowed:
+            raise UnknownNameError(f"backend for {self.name or type(self).__name__}", backend, allowed)
+        self.backend = backend
+
+    def pick_backend(self, x: torch.Tensor) -> str:
+        """The attention path to run for input ``x`` (records it in ``last_backend``)."""
+        name = resolve_backend(self.backend, self.backends, x.device, self.name or type(self).__name__)
+        self.last_backend = name
+        return name
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend}"

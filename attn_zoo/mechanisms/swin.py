@@ -1,0 +1,134 @@
+"""Swin: window attention with shifted windows (W-MSA / SW-MSA), Liu et al., ICCV 2021.
+
+Follows microsoft/Swin-Transformer (models/swin_transformer.py); the padding for maps that are not
+multiples of the window follows the official detection code (pad bottom/right with zeros after the
+norm, then roll, then build the shift mask on the padded map). timm rolls before padding instead; the
+two agree whenever the map is a multiple of the window (e.g. Swin-T at 224).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from attn_zoo.errors import KnobError
+from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
+from attn_zoo.layers.window import RelativePositionBias, pad_to_multiple, window_partition, window_reverse
+from attn_zoo.mechanisms.base import Mixer
+from attn_zoo.registry import register_mechanism
+
+
+@register_mechanism("swin")
+class SwinAttention(Mixer):
+    """Swin window attention: W-MSA, or SW-MSA with cyclic shift and mask, plus relative position bias.
+
+    Logits q k^T / sqrt(d) + B, with B read from a learned ((2M-1)^2, heads) table by relative offset.
+    Blocks alternate W-MSA and SW-MSA (``shift`` False / True); a shifted block rolls the map by -M/2 before
+    partitioning and +M/2 after, and masks pairs of tokens that come from different image regions.
+
+    Args:
+        window: window side M.
+        shift: SW-MSA (shifted) instead of W-MSA; the default schedule alternates W-MSA and SW-MSA.
+        qkv_bias: learnable bias in the qkv projection.
+        mask_value: logit added to masked pairs. The official code uses -100.0, not -inf (reproduced).
+        mask_padding: also mask zero-padded key tokens (clean variant); the official code leaves them in.
+        clamp_window: if the stage map is no larger than the window, use window = map side and no shift,
+            as the official code does at construction (needs the stage size, which the harness passes).
+    """
+
+    paper = "Swin Transformer (Liu et al., ICCV 2021), microsoft/Swin-Transformer"
+    block_pattern = ({"shift": False}, {"shift": True})
+    backends = DENSE_BACKENDS + ("xformers",)
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        feat_size: tuple[int, int] | None = None,
+        window: int = 7,
+        shift: bool = False,
+        qkv_bias: bool = True,
+        mask_value: float = -100.0,
+        mask_padding: bool = False,
+        clamp_window: bool = True,
+    ):
+        super().__init__(dim, num_heads, feat_size=feat_size)
+        self.validate_knobs({"window": window})
+        if clamp_window and feat_size is not None and min(feat_size) <= window:
+            window, shift = min(feat_size), False
+        self.window = (window, window)
+        self.shift_size = window // 2 if shift else 0
+        self.mask_value = mask_value
+        self.mask_padding = mask_padding
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.rel_pos = RelativePositionBias(self.window, num_heads)
+        self.proj = nn.Linear(dim, dim)
+        self._masks: dict[tuple, torch.Tensor | None] = {}
+
+    @classmethod
+    def validate_knobs(cls, knobs: dict[str, Any]) -> None:
+        if knobs.get("window", 1) < 1:
+            raise KnobError(f"mechanism 'swin': window must be >= 1, got {knobs['window']}")
+
+    def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
+        """``(B, H, W, C) -> (B, H, W, C)``; any H, W (padded to the window internally, then cropped)."""
+        B, H, W, C = self.check_input(x)
+        x = pad_to_multiple(x, self.window)
+        Hp, Wp = x.shape[1:3]
+        s = self.shift_size
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+        windows = window_partition(x, self.window)  # (B, nW, N, C)
+        nW, N = windows.shape[1:3]
+        qkv = self.qkv(windows).reshape(B, nW, N, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        bias = self.rel_pos().unsqueeze(0)  # (1, heads, N, N)
+        mask = self._mask(H, W, Hp, Wp, x.device)
+        if mask is not None:
+            bias = bias + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N)
+        out = dense_attention(*qkv.unbind(0), scale=self.scale, bias=bias, backend=self.pick_backend(x))
+        out = self.proj(out.transpose(2, 3).reshape(B, nW, N, C))
+        x = window_reverse(out, self.window, Hp, Wp)
+        if s:
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+        return x[:, :H, :W, :]
+
+    def _mask(self, H: int, W: int, Hp: int, Wp: int, device: torch.device) -> torch.Tensor | None:
+        """``(nW, N, N)`` additive mask (0 or ``mask_value``) for the shift and optionally the padding."""
+        padded = self.mask_padding and (Hp != H or Wp != W)
+        if not self.shift_size and not padded:
+            return None
+        key = (H, W, Hp, Wp, device)
+        if key not in self._masks:
+            Mh, Mw = self.window
+            s = self.shift_size
+            # label every position by the image region it came from; pairs with different labels are masked
+            region = torch.zeros(1, Hp, Wp, 1, device=device)
+            if s:
+                cuts_h = (slice(0, -Mh), slice(-Mh, -s), slice(-s, None))
+                cuts_w = (slice(0, -Mw), slice(-Mw, -s), slice(-s, None))
+                for i, (hs, ws) in enumerate((hs, ws) for hs in cuts_h for ws in cuts_w):
+                    region[:, hs, ws, :] = i
+            labels = window_partition(region, self.window).squeeze(-1).squeeze(0)  # (nW, N)
+            mask = (labels.unsqueeze(1) != labels.unsqueeze(2)).float() * self.mask_value
+            if padded:
+                valid = torch.zeros(1, Hp, Wp, 1, device=device)
+                valid[:, :H, :W] = 1
+                if s:
+                    valid = torch.roll(valid, shifts=(-s, -s), dims=(1, 2))
+                pad_keys = window_partition(valid, self.window).squeeze(-1).squeeze(0) == 0  # (nW, N)
+                mask = torch.where(pad_keys.unsqueeze(1), torch.full_like(mask, self.mask_value), mask)
+            self._masks[key] = mask
+        return self._masks[key]
+
+    def attention_macs(self, height: int, width: int) -> int:
+        Mh, Mw = self.window
+        hp, wp = -(-height // Mh) * Mh, -(-width // Mw) * Mw
+        n, c = hp * wp, self.dim
+        return 4 * n * c * c + 2 * n * Mh * Mw * c
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, window={self.window}, shift={self.shift_size}"

@@ -1,0 +1,357 @@
+"""The mechanism registry: register by name, list with knobs and defaults, create by name with knobs.
+
+A mechanism's knobs are the keyword-only arguments of its constructor (after ``dim``, ``num_heads`` and
+``feat_size``), with their type hints and defaults. Descriptions come from the class docstring's ``Args:``.
+Built-in mechanisms live in :mod:`attn_zoo.mechanisms`; third-party ones register through the
+``attn_zoo.mechanisms`` entry-point group or a local file (see :func:`load_plugin_file`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import pkgutil
+import re
+import sys
+import types
+import typing
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
+from attn_zoo.mechanisms.base import Mixer
+
+ENTRY_POINT_GROUP = "attn_zoo.mechanisms"
+_RESERVED = ("self", "dim", "num_heads", "feat_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class PerStage:
+    """A knob value given per stage, e.g. ScalableViT's ``r_n = PerStage((8, 4, 2, 1))``.
+
+    In a suite file: ``r_n = { per_stage = [8, 4, 2, 1] }``. Stages past the end reuse the last value.
+    """
+
+    values: tuple[Any, ...]
+
+    def at(self, stage: int) -> Any:
+        return self.values[min(stage, len(self.values) - 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class KnobSpec:
+    """One knob: its name, type hint, default and description."""
+
+    name: str
+    annotation: Any
+    default: Any
+    doc: str = ""
+
+    @property
+    def choices(self) -> tuple[Any, ...] | None:
+        lits = [a for a in _union_args(self.annotation) if typing.get_origin(a) is Literal]
+        return tuple(c for lit in lits for c in typing.get_args(lit)) or None
+
+    @property
+    def type_name(self) -> str:
+        return _type_name(self.annotation)
+
+    def validate(self, value: Any, owner: str) -> Any:
+        """Return ``value`` converted to the knob's type, or raise ``KnobError`` saying what is allowed."""
+        ok, converted = _convert(value, self.annotation)
+        if not ok:
+            raise KnobError(
+                f"{owner}: knob {self.name!r} got {value!r} ({type(value).__name__}); allowed: {self.type_name}"
+            )
+        return converted
+
+
+@dataclasses.dataclass(frozen=True)
+class MechanismSpec:
+    """A registered mechanism: what ``attn-zoo list`` shows and what ``create_mechanism`` builds."""
+
+    name: str
+    cls: type[Mixer]
+    knobs: Mapping[str, KnobSpec]
+    summary: str
+    source: str = "built-in"
+
+    @property
+    def paper(self) -> str:
+        return self.cls.paper
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return self.cls.backends
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: spec.default for name, spec in self.knobs.items()}
+
+    def resolve_knobs(
+        self, knobs: Mapping[str, Any] | None = None, *, stage: int = 0, occurrence: int = 0
+    ) -> dict[str, Any]:
+        """Knob values for one block: constructor defaults < paper stage defaults < block pattern < ``knobs``.
+
+        ``stage`` indexes ``stage_defaults`` and ``PerStage`` values; ``occurrence`` counts this mechanism's
+        blocks in the stage and indexes ``block_pattern`` (Swin's shifted blocks are the odd ones).
+        """
+        knobs = dict(knobs or {})
+        unknown = set(knobs) - set(self.knobs)
+        if unknown:
+            raise UnknownNameError(f"knob of mechanism {self.name!r}", sorted(unknown)[0], self.knobs)
+        resolved = self.defaults()
+        for key, values in self.cls.stage_defaults.items():
+            resolved[key] = values[min(stage, len(values) - 1)]
+        pattern = self.cls.block_pattern
+        resolved.update(pattern[occurrence % len(pattern)])
+        for key, value in knobs.items():
+            resolved[key] = value.at(stage) if isinstance(value, PerStage) else value
+        owner = f"mechanism {self.name!r}"
+        resolved = {key: self.knobs[key].validate(value, owner) for key, value in resolved.items()}
+        self.cls.validate_knobs(resolved)
+        return resolved
+
+    def validate(self, knobs: Mapping[str, Any], num_stages: int = 4) -> None:
+        """Check user knobs for every stage and block position, without building anything."""
+        pattern_len = len(self.cls.block_pattern)
+        for stage in range(num_stages):
+            for occurrence in range(pattern_len):
+                self.resolve_knobs(knobs, stage=stage, occurrence=occurrence)
+
+
+_REGISTRY: dict[str, MechanismSpec] = {}
+_PLUGIN_ERRORS: dict[str, str] = {}
+_LOADED = {"builtins": False, "entry_points": False}
+
+
+def register_mechanism(
+    name: str | None = None, *, source: str = "built-in", replace: bool = False
+) -> Callable[[type[Mixer]], type[Mixer]]:
+    """Class decorator: ``@register_mechanism("swin")`` registers a :class:`Mixer` subclass by name."""
+
+    def wrap(cls: type[Mixer]) -> type[Mixer]:
+        if not (isinstance(cls, type) and issubclass(cls, Mixer)):
+            raise TypeError(f"@register_mechanism needs a Mixer subclass, got {cls!r}")
+        key = name or cls.__name__.lower()
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+            raise ValueError(f"mechanism name {key!r} must be lower_snake_case")
+        if key in _REGISTRY and not replace and _REGISTRY[key].cls is not cls:
+            raise ValueError(f"mechanism {key!r} is already registered by {_REGISTRY[key].cls.__module__}")
+        cls.name = key
+        spec = MechanismSpec(key, cls, _read_knobs(cls), _summary(cls), source)
+        for pattern in cls.block_pattern:
+            unknown = set(pattern) - set(spec.knobs)
+            if unknown:
+                raise ValueError(f"{key}: block_pattern names unknown knobs {sorted(unknown)}")
+        _REGISTRY[key] = spec
+        return cls
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    if not _LOADED["builtins"]:
+        _LOADED["builtins"] = True
+        import attn_zoo.mechanisms as package
+
+        # one file per mechanism: every module of the package registers itself on import
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name != "base" and not info.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{info.name}")
+    if not _LOADED["entry_points"]:
+        _LOADED["entry_points"] = True
+        load_entry_points()
+
+
+def load_entry_points() -> dict[str, str]:
+    """Import every installed plugin of the ``attn_zoo.mechanisms`` group.
+
+    A broken plugin is reported (warning, and in :func:`plugin_errors`) and does not stop the others.
+    """
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, Mixer) and obj.name not in _REGISTRY:
+                register_mechanism(ep.name, source=f"plugin {ep.value}")(obj)
+        except Exception as exc:  # a plugin may fail in any way; report it and go on
+            _PLUGIN_ERRORS[ep.name] = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+            warnings.warn(_PLUGIN_ERRORS[ep.name], RuntimeWarning, stacklevel=2)
+    return dict(_PLUGIN_ERRORS)
+
+
+def load_plugin_file(path: str | Path) -> list[str]:
+    """Import a local Python file that registers mechanisms; return the names it added."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".py":
+        raise ConfigError(f"plugin file {str(path)!r} does not exist or is not a .py file")
+    _ensure_loaded()
+    before = set(_REGISTRY)
+    module_name = f"attn_zoo_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ConfigError(f"plugin file {str(path)!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    added = sorted(set(_REGISTRY) - before)
+    for name in added:
+        _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], source=f"file {path}")
+    return added
+
+
+def plugin_errors() -> dict[str, str]:
+    _ensure_loaded()
+    return dict(_PLUGIN_ERRORS)
+
+
+def list_mechanisms() -> dict[str, MechanismSpec]:
+    """All registered mechanisms by name (built-ins, then plugins)."""
+    _ensure_loaded()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_mechanism(name: str) -> MechanismSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError("mechanism", name, _REGISTRY) from None
+
+
+def create_mechanism(
+    name: str,
+    dim: int,
+    num_heads: int,
+    *,
+    feat_size: tuple[int, int] | None = None,
+    backend: str = "auto",
+    stage: int = 0,
+    occurrence: int = 0,
+    **knobs: Any,
+) -> Mixer:
+    """Build mechanism ``name`` with keyword knobs; unknown names and knobs list what exists."""
+    spec = get_mechanism(name)
+    resolved = spec.resolve_knobs(knobs, stage=stage, occurrence=occurrence)
+    mixer = spec.cls(dim, num_heads, feat_size=feat_size, **resolved)
+    mixer.set_backend(backend)
+    return mixer
+
+
+# -- reading knobs from signatures ----------------------------------------------------------------------
+def _read_knobs(cls: type[Mixer]) -> dict[str, KnobSpec]:
+    sig = inspect.signature(cls.__init__)
+    module = sys.modules.get(cls.__module__)
+    hints = typing.get_type_hints(cls.__init__, globalns=vars(module) if module else None)
+    docs = _arg_docs(inspect.getdoc(cls) or "")
+    knobs = {}
+    for pname, param in sig.parameters.items():
+        if pname in _RESERVED or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.kind is not param.KEYWORD_ONLY:
+            raise TypeError(f"{cls.__name__}: knob {pname!r} must be keyword-only (put it after `*`)")
+        if param.default is param.empty:
+            raise TypeError(f"{cls.__name__}: knob {pname!r} needs a default")
+        if pname not in hints:
+            raise TypeError(f"{cls.__name__}: knob {pname!r} needs a type hint")
+        knobs[pname] = KnobSpec(pname, hints[pname], param.default, docs.get(pname, ""))
+    return knobs
+
+
+def _summary(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return doc.strip().split("\n\n")[0].replace("\n", " ")
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    in_args, current = False, None
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Knobs:"):
+            in_args = True
+            continue
+        if in_args:
+            if line and not line.startswith(" "):
+                break
+            m = re.match(r"^\s{2,8}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
+            if m and (current is None or len(line) - len(line.lstrip()) <= 4):
+                current = m.group(1)
+                out[current] = m.group(2).strip()
+            elif current and line.strip():
+                out[current] += " " + line.strip()
+    return out
+
+
+# -- type checking of knob values -----------------------------------------------------------------------
+def _union_args(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _type_name(annotation: Any) -> str:
+    parts = []
+    for a in _union_args(annotation):
+        origin = typing.get_origin(a)
+        if a is type(None):
+            parts.append("none")
+        elif origin is Literal:
+            parts.append(" | ".join(repr(c) for c in typing.get_args(a)))
+        elif origin is tuple:
+            args = typing.get_args(a)
+            if len(args) == 2 and args[1] is Ellipsis:
+                parts.append(f"list of {_type_name(args[0])}")
+            else:
+                parts.append(f"list of {len(args)} {' / '.join(sorted({_type_name(x) for x in args}))}")
+        else:
+            parts.append(getattr(a, "__name__", str(a)))
+    return " or ".join(parts)
+
+
+def _convert(value: Any, annotation: Any) -> tuple[bool, Any]:
+    for a in _union_args(annotation):
+        ok, out = _convert_one(value, a)
+        if ok:
+            return True, out
+    return False, None
+
+
+def _convert_one(value: Any, a: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(a)
+    if a is type(None):
+        return value is None, None
+    if a is Any:
+        return True, value
+    if origin is Literal:
+        choices = typing.get_args(a)
+        return (value in choices and type(value) in {type(c) for c in choices}), value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        args = typing.get_args(a)
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [_convert(v, args[0]) for v in value]
+        else:
+            if len(value) != len(args):
+                return False, None
+            items = [_convert(v, t) for v, t in zip(value, args)]
+        if not all(ok for ok, _ in items):
+            return False, None
+        return True, tuple(v for _, v in items)
+    if a is bool:
+        return isinstance(value, bool), value
+    if a is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if a is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    if a is str:
+        return isinstance(value, str), value
+    return isinstance(value, a), value

@@ -1,0 +1,1 @@
+"""Plots, tables and the HTML report, made from stored rows."""

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up .venv with attn_zoo and its test tools (idempotent: a second run only checks).
+# Used by scripts/quick.sh and scripts/test.sh; needs Python >= 3.10 and the PyPI index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${ATTN_ZOO_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV with $($PYTHON --version)" >&2
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+fi
+stamp="$VENV/.attn_zoo-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing attn_zoo with its test extras (torch is large: a few minutes the first time)" >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,dev]"
+    touch "$stamp"
+fi
