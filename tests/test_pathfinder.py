@@ -176,9 +176,7 @@ def test_layout_geometry(difficulty: str) -> None:
     assert np.mean([lay.redraws for lay in layouts]) < 1.0
 
 
-@pytest.mark.parametrize(
-    ("difficulty", "resolution", "n"), [(d, 32, 300) for d in DIFFICULTIES] + [("hard", 64, 40)]
-)
+@pytest.mark.parametrize(("difficulty", "resolution", "n"), [(d, 32, 300) for d in DIFFICULTIES] + [("hard", 64, 40)])
 def test_label_is_connectivity_of_the_ink(difficulty: str, resolution: int, n: int) -> None:
     layouts = pf.sample_layouts(n, difficulty=difficulty, seed=6)
     images = pf.render_layouts(layouts, resolution)
