@@ -146,7 +146,7 @@ class GCViTAttention(Mixer):
             stage size, which the harness passes); the official code only runs where this never triggers.
         query_resize: what the global query generator does when a run-time map does not pool to M x M:
             'adaptive_max' resizes the pooled map with adaptive max pooling, 'error' refuses naming the sides
-            that fit. At the build-time size of a power-of-two multiple of M nothing is resized.
+            that fit. Nothing is resized where the map pools to exactly M x M (GCViT-XXT at 224).
     """
 
     paper = "GC-ViT (Hatamizadeh et al., ICML 2023), NVlabs/GCVit; timm gcvit"
