@@ -14,9 +14,9 @@ from attn_zoo.backbone.timm_weights import gcvit_from_timm
 from attn_zoo.errors import MechanismInputError
 from attn_zoo.measure.counting import analytic_attention_macs, count_model
 from attn_zoo.mechanisms.gcvit import GCViTAttention, GlobalQueryGenerator, pooling_levels
-from tests.conftest import requires_cuda
 
 timm = pytest.importorskip("timm")
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def narrow_xxt(img_size: int, **changes):
