@@ -36,3 +36,16 @@ def _rename(state_dict: Mapping[str, torch.Tensor], rules, skip: tuple[str, ...]
 def swin_from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm ``swin_*`` (timm >= 0.9 layout: downsample at the start of a stage) -> ``swin_t`` and friends."""
     return _rename(state_dict, _SWIN_RULES, skip=("relative_position_index", "attn_mask"))
+
+
+_GCVIT_RULES = (
+    (r"^stages\.(\d+)\.global_block\.", r"stages.\1.contexts.gcvit."),
+    (r"^stages\.\d+\.norm\.", "norm."),  # timm's last stage ends with the final norm (stage_norm)
+    (r"\.attn\.", ".mixer."),
+    (r"^head\.fc\.", "head."),
+)
+
+
+def gcvit_from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ``gcvit_*`` -> ``gcvit_xxt`` and friends (stem, downsamplers and SE already share timm's names)."""
+    return _rename(state_dict, _GCVIT_RULES, skip=("relative_position_index",))
