@@ -296,9 +296,7 @@ class _Blocks:
 _BLOCK_FIELDS = ("p", "rp", "sa", "sb", "rs", "lo", "hi")
 
 
-def _blocks(
-    verts_q: np.ndarray, discs_q: np.ndarray | None = None, has_disc: np.ndarray | None = None
-) -> _Blocks:
+def _blocks(verts_q: np.ndarray, discs_q: np.ndarray | None = None, has_disc: np.ndarray | None = None) -> _Blocks:
     """Blocks of paths (leading shape ``...``).
 
     Args:
@@ -336,9 +334,7 @@ def _start_disc_blocks(verts_q: np.ndarray) -> _Blocks:
     return _blocks(verts_q, verts_q[:, [0, 0]], has)
 
 
-def _point_segment_hits(
-    p: np.ndarray, rp: np.ndarray, a: np.ndarray, b: np.ndarray, rs: np.ndarray
-) -> np.ndarray:
+def _point_segment_hits(p: np.ndarray, rp: np.ndarray, a: np.ndarray, b: np.ndarray, rs: np.ndarray) -> np.ndarray:
     """(m,) bool: some point p (m, P, 2), radius rp (m, P), lies within rp + rs + _ADJACENCY of a segment.
 
     Segments a-b (m, S, 2) with radii rs (m, S); a == b (a disc) is fine.
@@ -747,9 +743,7 @@ def render_layouts(layouts: Sequence[PathfinderLayout], resolution: int = 32) ->
     return out
 
 
-def _generate(
-    n: int, resolution: int, difficulty: str, seed: int, stream: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _generate(n: int, resolution: int, difficulty: str, seed: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
     _check_args(n, resolution, seed)
     layouts = sample_layouts(n, difficulty=difficulty, seed=seed, stream=stream)
     images = render_layouts(layouts, resolution)
