@@ -36,3 +36,22 @@ def _rename(state_dict: Mapping[str, torch.Tensor], rules, skip: tuple[str, ...]
 def swin_from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm ``swin_*`` (timm >= 0.9 layout: downsample at the start of a stage) -> ``swin_t`` and friends."""
     return _rename(state_dict, _SWIN_RULES, skip=("relative_position_index", "attn_mask"))
+
+
+# Yangr116/ScalableViT's ``scalable_vit_*`` (a timm-registered model) -> ``scalablevit_s``
+_SCALABLEVIT_RULES = (
+    (r"^patch_embeds\.0\.proj\.", "stem.proj."),
+    (r"^patch_embeds\.0\.norm\.", "stem.norm."),
+    (r"^patch_embeds\.(\d+)\.proj\.", r"stages.\1.downsample.conv."),
+    (r"^patch_embeds\.(\d+)\.norm\.", r"stages.\1.downsample.norm."),
+    (r"^pos_block\.(\d+)\.proj\.0\.", r"stages.\1.peg.proj."),
+    (r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"\.attn\.lim_func\.", ".mixer.lim."),
+    (r"\.attn\.norm_act\.0\.", ".mixer.norm."),
+    (r"\.attn\.", ".mixer."),
+)
+
+
+def scalablevit_from_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official ScalableViT checkpoint (``scalable_vit_small``) -> ``scalablevit_s``; values unchanged."""
+    return _rename(state_dict, _SCALABLEVIT_RULES, skip=())
