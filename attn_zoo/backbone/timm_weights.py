@@ -49,3 +49,22 @@ _GCVIT_RULES = (
 def gcvit_from_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm ``gcvit_*`` -> ``gcvit_xxt`` and friends (stem, downsamplers and SE already share timm's names)."""
     return _rename(state_dict, _GCVIT_RULES, skip=("relative_position_index",))
+
+
+# Yangr116/ScalableViT's ``scalable_vit_*`` (a timm-registered model) -> ``scalablevit_s``
+_SCALABLEVIT_RULES = (
+    (r"^patch_embeds\.0\.proj\.", "stem.proj."),
+    (r"^patch_embeds\.0\.norm\.", "stem.norm."),
+    (r"^patch_embeds\.(\d+)\.proj\.", r"stages.\1.downsample.conv."),
+    (r"^patch_embeds\.(\d+)\.norm\.", r"stages.\1.downsample.norm."),
+    (r"^pos_block\.(\d+)\.proj\.0\.", r"stages.\1.peg.proj."),
+    (r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"\.attn\.lim_func\.", ".mixer.lim."),
+    (r"\.attn\.norm_act\.0\.", ".mixer.norm."),
+    (r"\.attn\.", ".mixer."),
+)
+
+
+def scalablevit_from_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official ScalableViT checkpoint (``scalable_vit_small``) -> ``scalablevit_s``; values unchanged."""
+    return _rename(state_dict, _SCALABLEVIT_RULES, skip=())
