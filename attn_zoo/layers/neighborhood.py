@@ -738,7 +738,9 @@ def _natten_na2d(
             "natten on CPU runs only its flex backend, which has no backward; run under torch.no_grad() "
             "or use backend='cpu_fast' (same inward semantics)"
         )
-    to_natten = [t.permute(0, 2, 3, 1, 4).contiguous() for t in (q, k, v)]
+    # Under no_grad, flex on CPU still refuses inputs that merely have requires_grad set: detach them.
+    detach = q.device.type == "cpu"
+    to_natten = [(t.detach() if detach else t).permute(0, 2, 3, 1, 4).contiguous() for t in (q, k, v)]
     try:
         out = natten.na2d(*to_natten, kernel_size=kernel, dilation=dil, scale=scale)  # type: ignore[attr-defined]
     except NotImplementedError as exc:  # natten found no backend for this dtype/head dims/device
@@ -747,6 +749,7 @@ def _natten_na2d(
             return out
         raise BackendUnavailableError(
             f"natten has no kernel for this call (dtype {q.dtype}, d_qk {q.shape[-1]}, d_v {v.shape[-1]}, "
-            f"device {q.device}; on CPU its flex path needs d_qk == d_v and a 16/32-bit float): {exc}"
+            f"device {q.device}; natten's flex path, the only one on CPU, needs d_qk == d_v, a power of "
+            f"two in [8, 512], and a 16/32-bit float): {exc}"
         ) from exc
     return out.permute(0, 3, 1, 2, 4)
