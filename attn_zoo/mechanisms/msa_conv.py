@@ -65,8 +65,9 @@ class MSAConv(Mixer):
     ``s * DIRECTIONS[i % 4]`` pixels, i.e. (+s, 0), (0, +s), (-s, 0), (0, -s) for heads 0, 1, 2, 3 (then
     repeating), with ``torch.roll`` semantics (+s along rows moves content down). ``shift_mode="map"``
     rolls that head's q, k and v, attends, and rolls the output back: the neighbourhoods become cyclic
-    (tokens at one image edge attend to the opposite edge), and the zero-padded seam moves to rows/columns
-    ``~ -s`` away from the image edge, different per head. ``shift_mode="kv"`` rolls only k and v: query p
+    (tokens at one image edge attend to the opposite edge) except across one zero-padded seam, which moves
+    inside the image (for (+s, 0): between rows H-1-s and H-s), elsewhere for each direction.
+    ``shift_mode="kv"`` rolls only k and v: query p
     attends to the window centred at ``p - s * direction`` (cyclically), so the heads look in four
     displaced directions and the layer's reach grows by s in each.
 
