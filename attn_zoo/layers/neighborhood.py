@@ -139,16 +139,29 @@ def neighborhood_attention_macs(
 
 
 def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:
-    """Which concrete backends can run on ``device``: ``{name: None}`` if it can, else ``{name: reason}``.
+    """Which concrete backends are usable on ``device``: ``{name: None}`` if one is, else ``{name: reason}``.
 
-    ``reference`` and ``cpu_fast`` are plain torch and always run. ``natten`` needs the natten package;
-    on CPU it runs forward only (its unfused flex path), which is enough for parity checks.
+    ``reference`` and ``cpu_fast`` are plain torch and always run. ``natten`` counts as available only
+    where it is a real fast path: CUDA with natten's compiled kernels (libnatten). On CPU natten runs its
+    unfused flex path, forward only, so it is reported with that reason; forcing ``backend="natten"``
+    still runs it there (without gradients), which is what the parity tests do.
     """
-    dev = torch.device(device)
-    natten_reason = _natten_import_error()
-    if natten_reason is None and dev.type not in ("cpu", "cuda"):
-        natten_reason = f"natten runs on CPU (flex, forward only) and CUDA, not on {dev.type!r}"
-    return {"reference": None, "cpu_fast": None, "natten": natten_reason}
+    return {"reference": None, "cpu_fast": None, "natten": _natten_unavailable(torch.device(device))}
+
+
+def _natten_unavailable(device: torch.device) -> str | None:
+    reason = _natten_import_error()
+    if reason is not None:
+        return reason
+    if device.type == "cpu":
+        return "on CPU natten runs only its unfused flex path, forward only (parity checks, not training)"
+    if device.type != "cuda":
+        return f"natten has no kernels for {device.type!r}"
+    if not getattr(_natten_module, "HAS_LIBNATTEN", False):
+        return (
+            "natten is installed without libnatten, its compiled CUDA kernels (only unfused flex would run)"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,13 +253,7 @@ def _resolve_backend(backend: str, q: Tensor, border: str, kernel: tuple[int, in
             )
         return "natten"
     if backend == "auto":
-        if (
-            q.is_cuda
-            and border == "inward"
-            and min(kernel) >= 2
-            and _natten_import_error() is None
-            and getattr(_import_natten(), "HAS_LIBNATTEN", False)
-        ):
+        if border == "inward" and min(kernel) >= 2 and _natten_unavailable(q.device) is None:
             return "natten"
         return "cpu_fast"
     return backend
