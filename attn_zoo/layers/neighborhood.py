@@ -106,14 +106,18 @@ def neighborhood_attention(
     FLOPs: ``FlopCounterMode`` counts ``2 * B * heads * H * W * k_h * k_w * (d_qk + d_v)`` for the forward
     (see :func:`neighborhood_attention_macs`) and twice that for the backward on both the ``reference``
     and ``cpu_fast`` backends; out-of-image neighbours are counted too, as the unfold formulation
-    computes them. natten's own kernels carry no formula in this project: count FLOPs with ``cpu_fast``.
+    computes them. natten is not covered: its CUDA ops have no formula here, and on CPU its flex path
+    does not even run under FlopCounterMode (torch 2.15 raises inside flex_attention). Count FLOPs with
+    ``cpu_fast`` or ``reference``; the count does not depend on the backend.
 
     Raises:
         MechanismInputError: wrong rank, mismatched shapes/dtypes/devices, even or non-positive kernel,
             dilation < 1, non-finite scale, an ``"inward"`` map smaller than kernel * dilation, or a
             natten-only constraint (border other than ``"inward"``, a kernel dimension of 1).
         UnknownNameError: unknown ``border`` or ``backend``.
-        BackendUnavailableError: ``backend="natten"`` when natten cannot run here (the reason is given).
+        BackendUnavailableError: ``backend="natten"`` when natten is not importable, when inputs require
+            grad on CPU, or when natten has no kernel for the call (on CPU its flex path needs
+            ``d_qk == d_v``, a power of two in [8, 512], and float32/16); the message says which.
     """
     kernel, dil = _validate(q, k, v, kernel_size, dilation, scale, border, backend)
     chosen = _resolve_backend(backend, q, border, kernel)
@@ -358,7 +362,7 @@ def _reference_na2d(
 # "inward" windows are not a shift of the whole map (border queries use a window shifted by a
 # position-dependent amount), so that geometry gathers with index_select and scatters with index_add_.
 # Both are fast on dim 0 of a (tokens, B*heads, d) layout and slow on dim 2 of (B, heads, H*W, d)
-# (measured ~3x on 2 cores), so the inward geometry works token-major and pays one transpose per tensor.
+# (measured 3-9x on 2 cores), so the inward geometry works token-major and pays one transpose per tensor.
 
 
 class _Geometry(Protocol):
