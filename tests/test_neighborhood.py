@@ -364,7 +364,29 @@ def test_flop_counter_matches_formula(backend, border):
 def test_custom_op_registrations(border):
     # Schema, fake (meta) kernel, autograd registration and AOT dispatch, as torch.compile needs them.
     q, k, v = _inputs((2, 2, 7, 6), d_qk=3, d_v=2, dtype=torch.float32, grad=True)
-    torch.library.opcheck(torch.ops.attn_zoo.na2d.default, (q, k, v, 3, 5, 2, 1, 0.5, border))
+    args = (3, 5, 2, 1, 0.5, border)
+    torch.library.opcheck(torch.ops.attn_zoo.na2d.default, (q, k, v, *args))
+    # The backward op is first-order only (no double backward), so it is checked on detached inputs.
+    q, k, v = (t.detach() for t in (q, k, v))
+    _, probs = torch.ops.attn_zoo.na2d(q, k, v, *args)
+    grad_out = torch.randn(2, 2, 7, 6, 2)
+    torch.library.opcheck(torch.ops.attn_zoo.na2d_backward.default, (grad_out, q, k, v, probs, *args))
+
+
+def test_torch_compile_fullgraph():
+    # One graph through the custom ops, forward and backward. inductor, because it checks the real
+    # kernels' output strides against the fake ones (aot_eager does not). The graph is the custom ops
+    # alone, so no C++ kernel is generated.
+    q, k, v = _inputs((2, 2, 9, 8), d_qk=4, d_v=4, dtype=torch.float32, grad=True)
+
+    def fn(q, k, v):
+        return neighborhood_attention(q, k, v, (3, 3), (2, 2), scale=0.5, backend="cpu_fast")
+
+    want = fn(q, k, v)
+    got = torch.compile(fn, backend="inductor", fullgraph=True)(q, k, v)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), (q, k, v)), torch.autograd.grad(want.sum(), (q, k, v))):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("backend", OURS)

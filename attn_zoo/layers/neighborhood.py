@@ -426,7 +426,9 @@ class _PaddedGeometry:
 
     def finish(self, buf: Tensor, dtype: torch.dtype) -> Tensor:
         ph, pw = self.pad
-        return buf[:, :, ph : ph + self.H, pw : pw + self.W].to(dtype, memory_format=torch.contiguous_format)
+        # .contiguous(): a cropped view would keep the padded buffer alive and disagree with the fake
+        # kernel's strides (torch.compile checks them); .to() alone returns the view when dtypes match.
+        return buf[:, :, ph : ph + self.H, pw : pw + self.W].to(dtype).contiguous()
 
     def outside(self) -> Tensor | None:
         """``(k*k, 1, 1, H, W)`` bool, True where a neighbour is outside the image (``"masked"`` only)."""
