@@ -478,7 +478,7 @@ class _InwardGeometry:
 
     def scatter_add(self, buf: Tensor, o: int, weight: Tensor, src: Tensor, tmp: Tensor) -> None:
         # Several queries share a neighbour at the border, so this is a scatter-add, not a view update.
-        # index_add_ on CPU adds in index order, so the result is deterministic.
+        # index_add_ adds in index order on CPU (deterministic); on CUDA it uses atomics.
         torch.mul(weight, src, out=tmp)
         buf.index_add_(0, self.flat[o], tmp)
 
