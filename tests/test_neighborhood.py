@@ -239,6 +239,16 @@ def test_cpu_fast_equals_reference_property(border, H, W, kh, kw, dh, dw, d_v):
 # natten parity (skips without natten; CPU: forward only, natten's flex path has no backward there)
 # ---------------------------------------------------------------------------------------------------------
 
+
+def _need_natten() -> None:
+    # exc_type=ImportError: a natten that is present but fails to import (torch mismatch) also skips.
+    pytest.importorskip(
+        "natten",
+        reason="natten not importable (pip install --no-build-isolation natten)",
+        exc_type=ImportError,
+    )
+
+
 NATTEN_CASES = [
     ((9, 11), (3, 3), (1, 1)),
     ((9, 11), (3, 5), (2, 2)),
@@ -251,7 +261,7 @@ NATTEN_CASES = [
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 @pytest.mark.parametrize(("size", "kernel", "dil"), NATTEN_CASES)
 def test_natten_forward_parity_cpu(size, kernel, dil):
-    pytest.importorskip("natten", reason="natten not installed (pip install --no-build-isolation natten)")
+    _need_natten()
     q, k, v = _inputs((2, 3, *size), d_qk=8, d_v=8, dtype=torch.float32)
     want = neighborhood_attention(q, k, v, kernel, dil, scale=0.3, border="inward", backend="cpu_fast")
     got = neighborhood_attention(q, k, v, kernel, dil, scale=0.3, border="inward", backend="natten")
@@ -260,7 +270,7 @@ def test_natten_forward_parity_cpu(size, kernel, dil):
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 def test_natten_cpu_refuses_grad():
-    pytest.importorskip("natten", reason="natten not installed (pip install --no-build-isolation natten)")
+    _need_natten()
     q, k, v = _inputs((1, 1, 6, 6), d_qk=8, d_v=8, dtype=torch.float32, grad=True)
     with pytest.raises(BackendUnavailableError, match="no backward"):
         neighborhood_attention(q, k, v, (3, 3), scale=1.0, border="inward", backend="natten")
@@ -272,7 +282,7 @@ def test_natten_cpu_refuses_grad():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("size", "kernel", "dil"), NATTEN_CASES)
 def test_natten_forward_backward_parity_cuda(size, kernel, dil):
-    pytest.importorskip("natten", reason="natten not installed (pip install --no-build-isolation natten)")
+    _need_natten()
     q, k, v = (
         t.cuda().requires_grad_() for t in _inputs((2, 3, *size), d_qk=32, d_v=32, dtype=torch.float32)
     )
@@ -300,6 +310,21 @@ def test_natten_unavailable_is_reported(monkeypatch):
     out = neighborhood_attention(q, k, v, (3, 3), scale=1.0, border="inward")
     want = neighborhood_attention(q, k, v, (3, 3), scale=1.0, border="inward", backend="reference")
     torch.testing.assert_close(out, want)
+
+
+def test_natten_availability_by_device(monkeypatch):
+    class FakeNatten:
+        HAS_LIBNATTEN = False
+
+    monkeypatch.setattr(nb, "_natten_tried", True)
+    monkeypatch.setattr(nb, "_natten_error", None)
+    monkeypatch.setattr(nb, "_natten_module", FakeNatten)
+    assert "forward only" in available_backends("cpu")["natten"]
+    assert "without libnatten" in available_backends("cuda")["natten"]
+    assert "no kernels for 'mps'" in available_backends("mps")["natten"]
+    monkeypatch.setattr(FakeNatten, "HAS_LIBNATTEN", True)
+    assert available_backends("cuda")["natten"] is None
+    assert available_backends("cpu")["reference"] is None and available_backends("cpu")["cpu_fast"] is None
 
 
 def test_auto_is_cpu_fast_on_cpu(monkeypatch):
@@ -339,7 +364,29 @@ def test_flop_counter_matches_formula(backend, border):
 def test_custom_op_registrations(border):
     # Schema, fake (meta) kernel, autograd registration and AOT dispatch, as torch.compile needs them.
     q, k, v = _inputs((2, 2, 7, 6), d_qk=3, d_v=2, dtype=torch.float32, grad=True)
-    torch.library.opcheck(torch.ops.attn_zoo.na2d.default, (q, k, v, 3, 5, 2, 1, 0.5, border))
+    args = (3, 5, 2, 1, 0.5, border)
+    torch.library.opcheck(torch.ops.attn_zoo.na2d.default, (q, k, v, *args))
+    # The backward op is first-order only (no double backward), so it is checked on detached inputs.
+    q, k, v = (t.detach() for t in (q, k, v))
+    _, probs = torch.ops.attn_zoo.na2d(q, k, v, *args)
+    grad_out = torch.randn(2, 2, 7, 6, 2)
+    torch.library.opcheck(torch.ops.attn_zoo.na2d_backward.default, (grad_out, q, k, v, probs, *args))
+
+
+def test_torch_compile_fullgraph():
+    # One graph through the custom ops, forward and backward. inductor, because it checks the real
+    # kernels' output strides against the fake ones (aot_eager does not). The graph is the custom ops
+    # alone, so no C++ kernel is generated.
+    q, k, v = _inputs((2, 2, 9, 8), d_qk=4, d_v=4, dtype=torch.float32, grad=True)
+
+    def fn(q, k, v):
+        return neighborhood_attention(q, k, v, (3, 3), (2, 2), scale=0.5, backend="cpu_fast")
+
+    want = fn(q, k, v)
+    got = torch.compile(fn, backend="inductor", fullgraph=True)(q, k, v)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), (q, k, v)), torch.autograd.grad(want.sum(), (q, k, v))):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("backend", OURS)

@@ -106,14 +106,18 @@ def neighborhood_attention(
     FLOPs: ``FlopCounterMode`` counts ``2 * B * heads * H * W * k_h * k_w * (d_qk + d_v)`` for the forward
     (see :func:`neighborhood_attention_macs`) and twice that for the backward on both the ``reference``
     and ``cpu_fast`` backends; out-of-image neighbours are counted too, as the unfold formulation
-    computes them. natten's own kernels carry no formula in this project: count FLOPs with ``cpu_fast``.
+    computes them. natten is not covered: its CUDA ops have no formula here, and on CPU its flex path
+    does not even run under FlopCounterMode (torch 2.15 raises inside flex_attention). Count FLOPs with
+    ``cpu_fast`` or ``reference``; the count does not depend on the backend.
 
     Raises:
         MechanismInputError: wrong rank, mismatched shapes/dtypes/devices, even or non-positive kernel,
             dilation < 1, non-finite scale, an ``"inward"`` map smaller than kernel * dilation, or a
             natten-only constraint (border other than ``"inward"``, a kernel dimension of 1).
         UnknownNameError: unknown ``border`` or ``backend``.
-        BackendUnavailableError: ``backend="natten"`` when natten cannot run here (the reason is given).
+        BackendUnavailableError: ``backend="natten"`` when natten is not importable, when inputs require
+            grad on CPU, or when natten has no kernel for the call (on CPU its flex path needs
+            ``d_qk == d_v``, a power of two in [8, 512], and float32/16); the message says which.
     """
     kernel, dil = _validate(q, k, v, kernel_size, dilation, scale, border, backend)
     chosen = _resolve_backend(backend, q, border, kernel)
@@ -139,16 +143,29 @@ def neighborhood_attention_macs(
 
 
 def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:
-    """Which concrete backends can run on ``device``: ``{name: None}`` if it can, else ``{name: reason}``.
+    """Which concrete backends are usable on ``device``: ``{name: None}`` if one is, else ``{name: reason}``.
 
-    ``reference`` and ``cpu_fast`` are plain torch and always run. ``natten`` needs the natten package;
-    on CPU it runs forward only (its unfused flex path), which is enough for parity checks.
+    ``reference`` and ``cpu_fast`` are plain torch and always run. ``natten`` counts as available only
+    where it is a real fast path: CUDA with natten's compiled kernels (libnatten). On CPU natten runs its
+    unfused flex path, forward only, so it is reported with that reason; forcing ``backend="natten"``
+    still runs it there (without gradients), which is what the parity tests do.
     """
-    dev = torch.device(device)
-    natten_reason = _natten_import_error()
-    if natten_reason is None and dev.type not in ("cpu", "cuda"):
-        natten_reason = f"natten runs on CPU (flex, forward only) and CUDA, not on {dev.type!r}"
-    return {"reference": None, "cpu_fast": None, "natten": natten_reason}
+    return {"reference": None, "cpu_fast": None, "natten": _natten_unavailable(torch.device(device))}
+
+
+def _natten_unavailable(device: torch.device) -> str | None:
+    reason = _natten_import_error()
+    if reason is not None:
+        return reason
+    if device.type == "cpu":
+        return "on CPU natten runs only its unfused flex path, forward only (parity checks, not training)"
+    if device.type != "cuda":
+        return f"natten has no kernels for {device.type!r}"
+    if not getattr(_natten_module, "HAS_LIBNATTEN", False):
+        return (
+            "natten is installed without libnatten, its compiled CUDA kernels (only unfused flex would run)"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,13 +257,7 @@ def _resolve_backend(backend: str, q: Tensor, border: str, kernel: tuple[int, in
             )
         return "natten"
     if backend == "auto":
-        if (
-            q.is_cuda
-            and border == "inward"
-            and min(kernel) >= 2
-            and _natten_import_error() is None
-            and getattr(_import_natten(), "HAS_LIBNATTEN", False)
-        ):
+        if border == "inward" and min(kernel) >= 2 and _natten_unavailable(q.device) is None:
             return "natten"
         return "cpu_fast"
     return backend
@@ -351,7 +362,7 @@ def _reference_na2d(
 # "inward" windows are not a shift of the whole map (border queries use a window shifted by a
 # position-dependent amount), so that geometry gathers with index_select and scatters with index_add_.
 # Both are fast on dim 0 of a (tokens, B*heads, d) layout and slow on dim 2 of (B, heads, H*W, d)
-# (measured ~3x on 2 cores), so the inward geometry works token-major and pays one transpose per tensor.
+# (measured 3-9x on 2 cores), so the inward geometry works token-major and pays one transpose per tensor.
 
 
 class _Geometry(Protocol):
@@ -415,7 +426,9 @@ class _PaddedGeometry:
 
     def finish(self, buf: Tensor, dtype: torch.dtype) -> Tensor:
         ph, pw = self.pad
-        return buf[:, :, ph : ph + self.H, pw : pw + self.W].to(dtype, memory_format=torch.contiguous_format)
+        # .contiguous(): a cropped view would keep the padded buffer alive and disagree with the fake
+        # kernel's strides (torch.compile checks them); .to() alone returns the view when dtypes match.
+        return buf[:, :, ph : ph + self.H, pw : pw + self.W].to(dtype).contiguous()
 
     def outside(self) -> Tensor | None:
         """``(k*k, 1, 1, H, W)`` bool, True where a neighbour is outside the image (``"masked"`` only)."""
@@ -465,7 +478,7 @@ class _InwardGeometry:
 
     def scatter_add(self, buf: Tensor, o: int, weight: Tensor, src: Tensor, tmp: Tensor) -> None:
         # Several queries share a neighbour at the border, so this is a scatter-add, not a view update.
-        # index_add_ on CPU adds in index order, so the result is deterministic.
+        # index_add_ adds in index order on CPU (deterministic); on CUDA it uses atomics.
         torch.mul(weight, src, out=tmp)
         buf.index_add_(0, self.flat[o], tmp)
 
