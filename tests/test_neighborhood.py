@@ -132,9 +132,7 @@ def test_cpu_fast_gradcheck(border, H, W, kernel, dil):
 def test_borders_really_differ():
     # Guards the tests above against a definition in which the border rule is silently ignored.
     q, k, v = _inputs((1, 1, 6, 6))
-    outs = {
-        b: neighborhood_attention(q, k, v, (3, 3), scale=1.0, border=b, backend="cpu_fast") for b in BORDERS
-    }
+    outs = {b: neighborhood_attention(q, k, v, (3, 3), scale=1.0, border=b, backend="cpu_fast") for b in BORDERS}
     interior = (slice(None), slice(None), slice(1, 5), slice(1, 5))
     for a in BORDERS:
         for b in BORDERS:
@@ -283,9 +281,7 @@ def test_natten_cpu_refuses_grad():
 @pytest.mark.parametrize(("size", "kernel", "dil"), NATTEN_CASES)
 def test_natten_forward_backward_parity_cuda(size, kernel, dil):
     _need_natten()
-    q, k, v = (
-        t.cuda().requires_grad_() for t in _inputs((2, 3, *size), d_qk=32, d_v=32, dtype=torch.float32)
-    )
+    q, k, v = (t.cuda().requires_grad_() for t in _inputs((2, 3, *size), d_qk=32, d_v=32, dtype=torch.float32))
     results = []
     for backend in ("cpu_fast", "natten"):
         out = neighborhood_attention(q, k, v, kernel, dil, scale=0.2, border="inward", backend=backend)

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from attn_zoo.errors import BackendUnavailableError, MechanismInputError, UnknownNameError
+from attn_zoo.layers.backends import register_backend
 
 __all__ = [
     "BACKENDS",
@@ -162,9 +163,7 @@ def _natten_unavailable(device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"natten has no kernels for {device.type!r}"
     if not getattr(_natten_module, "HAS_LIBNATTEN", False):
-        return (
-            "natten is installed without libnatten, its compiled CUDA kernels (only unfused flex would run)"
-        )
+        return "natten is installed without libnatten, its compiled CUDA kernels (only unfused flex would run)"
     return None
 
 
@@ -205,9 +204,7 @@ def _validate(
         if not isinstance(t, Tensor):
             raise MechanismInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 5:
-            raise MechanismInputError(
-                f"{name} must be 5-D (B, heads, H, W, d), got {t.dim()}-D shape {tuple(t.shape)}"
-            )
+            raise MechanismInputError(f"{name} must be 5-D (B, heads, H, W, d), got {t.dim()}-D shape {tuple(t.shape)}")
         if t.dtype not in _FLOAT_DTYPES:
             raise MechanismInputError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if k.shape != q.shape:
@@ -443,9 +440,7 @@ class _PaddedGeometry:
 class _InwardGeometry:
     """``border="inward"``: neighbours gathered by index in a token-major ``(H*W, B*heads, d)`` layout."""
 
-    def __init__(
-        self, shape: Sequence[int], kernel: tuple[int, int], dil: tuple[int, int], device: torch.device
-    ):
+    def __init__(self, shape: Sequence[int], kernel: tuple[int, int], dil: tuple[int, int], device: torch.device):
         self.B, self.h, self.H, self.W = shape[0], shape[1], shape[2], shape[3]
         rows = _inward_axis_index(self.H, kernel[0], dil[0], device)  # (k_h, H)
         cols = _inward_axis_index(self.W, kernel[1], dil[1], device)  # (k_w, W)
@@ -717,9 +712,7 @@ def _natten_import_error() -> str | None:
 
             _natten_module = natten
         except Exception as exc:  # ImportError, or a natten/torch mismatch failing at import
-            _natten_error = (
-                f"natten is not importable ({type(exc).__name__}: {exc}); install: {_NATTEN_INSTALL}"
-            )
+            _natten_error = f"natten is not importable ({type(exc).__name__}: {exc}); install: {_NATTEN_INSTALL}"
     return _natten_error
 
 
@@ -766,3 +759,10 @@ def _natten_na2d(
             f"two in [8, 512], and a 16/32-bit float): {exc}"
         ) from exc
     return out.permute(0, 3, 1, 2, 4)
+
+
+# Make the kernel's paths known to the mixers' backend resolution (``Mixer.pick_backend``).
+register_backend("cpu_fast", lambda device: available_backends(device)["cpu_fast"])
+register_backend(
+    "natten", lambda device: available_backends(device)["natten"], runs=lambda device: _natten_import_error()
+)

@@ -19,15 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.backends import register_backend
-from attn_zoo.layers.neighborhood import available_backends, neighborhood_attention
+from attn_zoo.layers.neighborhood import neighborhood_attention
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
-
-# The neighbourhood kernel's concrete backends, made known to the mixers' backend resolution (``pick_backend``).
-# Registering again with the same check is harmless, so another neighbourhood mechanism may do the same.
-register_backend("cpu_fast", lambda device: available_backends(device)["cpu_fast"])
-register_backend("natten", lambda device: available_backends(device)["natten"])
 
 # Head i is rolled in direction DIRECTIONS[i % 4] (row, column): down, right, up, left. Down and right come
 # first so that a two-head mixer still shifts along both axes.
