@@ -68,3 +68,27 @@ _SCALABLEVIT_RULES = (
 def scalablevit_from_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The official ScalableViT checkpoint (``scalable_vit_small``) -> ``scalablevit_s``; values unchanged."""
     return _rename(state_dict, _SCALABLEVIT_RULES, skip=())
+
+
+# JIAOJIAYUASD/dilateformer's ``dilateformer_*`` (a timm-registered model) -> ``dilateformer_t``. The official
+# stage i ends with the downsampler that the harness puts at the start of stage i + 1.
+_DILATEFORMER_RULES = (
+    (r"^patch_embed\.proj\.", "stem.proj."),
+    (r"^stages\.(\d+)\.downsample\.proj\.0\.", lambda m: f"stages.{int(m.group(1)) + 1}.downsample.conv."),
+    (r"^stages\.(\d+)\.downsample\.proj\.1\.", lambda m: f"stages.{int(m.group(1)) + 1}.downsample.norm."),
+    (r"\.pos_embed\.", ".cpe.proj."),
+    (r"\.attn\.", ".mixer."),
+)
+
+
+def dilateformer_from_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official DilateFormer checkpoint (``dilateformer_tiny``) -> ``dilateformer_t``.
+
+    Renames, and views MSDA's 1x1 ``Conv2d`` qkv weight ``(3C, C, 1, 1)`` as the equivalent ``Linear`` weight
+    ``(3C, C)``; values and channel order are unchanged.
+    """
+    out = _rename(state_dict, _DILATEFORMER_RULES, skip=())
+    for key, value in out.items():
+        if key.endswith(".mixer.qkv.weight") and value.dim() == 4:
+            out[key] = value.reshape(value.shape[0], value.shape[1])
+    return out
