@@ -329,7 +329,7 @@ def test_auto_is_cpu_fast_on_cpu(monkeypatch):
     monkeypatch.setattr(nb, "_reference_na2d", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v = _inputs((1, 1, 6, 6), dtype=torch.float32)
     for border in BORDERS:
-        assert nb._resolve_backend("auto", q, border, (3, 3)) == "cpu_fast"
+        assert nb.choose_backend("auto", q, border, (3, 3)) == "cpu_fast"
         with FlopCounterMode(display=False) as counter:
             neighborhood_attention(q, k, v, (3, 3), scale=1.0, border=border)
         assert torch.ops.attn_zoo.na2d in counter.get_flop_counts()["Global"]

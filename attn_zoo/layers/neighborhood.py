@@ -30,6 +30,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import register_flop_formula
 
 from attn_zoo.errors import BackendUnavailableError, MechanismInputError, UnknownNameError
@@ -107,9 +108,8 @@ def neighborhood_attention(
     FLOPs: ``FlopCounterMode`` counts ``2 * B * heads * H * W * k_h * k_w * (d_qk + d_v)`` for the forward
     (see :func:`neighborhood_attention_macs`) and twice that for the backward on both the ``reference``
     and ``cpu_fast`` backends; out-of-image neighbours are counted too, as the unfold formulation
-    computes them. natten is not covered: its CUDA ops have no formula here, and on CPU its flex path
-    does not even run under FlopCounterMode (torch 2.15 raises inside flex_attention). Count FLOPs with
-    ``cpu_fast`` or ``reference``; the count does not depend on the backend.
+    computes them. Under a dispatch mode (FlopCounterMode) a natten call runs as ``cpu_fast``, the same
+    inward attention with a formula, so the count never depends on the backend.
 
     Raises:
         MechanismInputError: wrong rank, mismatched shapes/dtypes/devices, even or non-positive kernel,
@@ -121,7 +121,7 @@ def neighborhood_attention(
             ``d_qk == d_v``, a power of two in [8, 512], and float32/16); the message says which.
     """
     kernel, dil = _validate(q, k, v, kernel_size, dilation, scale, border, backend)
-    chosen = _resolve_backend(backend, q, border, kernel)
+    chosen = choose_backend(backend, q, border, kernel)
     if chosen == "reference":
         return _reference_na2d(q, k, v, kernel, dil, float(scale), border)
     if chosen == "natten":
@@ -240,24 +240,34 @@ def _validate(
     return kernel, dil
 
 
-def _resolve_backend(backend: str, q: Tensor, border: str, kernel: tuple[int, int]) -> str:
-    """Turn ``"auto"`` into a concrete backend; check that a forced ``"natten"`` can take the call."""
+def choose_backend(backend: str, q: Tensor, border: str, kernel: tuple[int, int]) -> str:
+    """The concrete backend a call with ``backend`` runs: ``"auto"`` resolved, a forced ``"natten"`` checked.
+
+    Under a dispatch mode such as ``FlopCounterMode`` natten becomes ``cpu_fast`` (same inward attention):
+    natten's kernels carry no FLOP formula and its CPU flex path refuses to run under a dispatch mode, while
+    ``cpu_fast`` is counted by its registered formula, so counts never depend on the backend.
+    """
+    if backend in ("auto", "natten") and is_in_torch_dispatch_mode(include_infra_modes=False):
+        if backend == "natten":
+            _check_natten_call(border, kernel)
+        return "cpu_fast"
     if backend == "natten":
-        if border != "inward":
-            raise MechanismInputError(
-                f'backend="natten" implements only border="inward" (natten shifts windows inward), '
-                f"got border={border!r}"
-            )
-        if min(kernel) < 2:
-            raise MechanismInputError(
-                f"backend='natten' needs every kernel dimension >= 2 (natten's rule), got {kernel}"
-            )
+        _check_natten_call(border, kernel)
         return "natten"
     if backend == "auto":
         if border == "inward" and min(kernel) >= 2 and _natten_unavailable(q.device) is None:
             return "natten"
         return "cpu_fast"
     return backend
+
+
+def _check_natten_call(border: str, kernel: tuple[int, int]) -> None:
+    if border != "inward":
+        raise MechanismInputError(
+            f'backend="natten" implements only border="inward" (natten shifts windows inward), got border={border!r}'
+        )
+    if min(kernel) < 2:
+        raise MechanismInputError(f"backend='natten' needs every kernel dimension >= 2 (natten's rule), got {kernel}")
 
 
 # ---------------------------------------------------------------------------------------------------------

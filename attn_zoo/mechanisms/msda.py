@@ -12,19 +12,15 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from attn_zoo.errors import KnobError, MechanismInputError
 from attn_zoo.layers import neighborhood
-from attn_zoo.layers.backends import register_backend
-from attn_zoo.layers.neighborhood import available_backends, neighborhood_attention, neighborhood_attention_macs
+from attn_zoo.layers.neighborhood import neighborhood_attention, neighborhood_attention_macs
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
 
 # The kernel's own paths, made known to the backend registry so `attn-zoo list` and forced backends can check
 # them ("reference" is registered already and always runs).
-for _name in ("cpu_fast", "natten"):
-    register_backend(_name, lambda device, name=_name: available_backends(device)[name])
 
 
 @register_mechanism("msda")
@@ -110,7 +106,7 @@ class MultiScaleDilatedAttention(Mixer):
             return super().pick_backend(x)  # checks that the forced path runs on x's device
         # "auto" is the kernel's own choice (natten on CUDA for "inward", else cpu_fast); ask the kernel so the
         # recorded name cannot drift from what runs.
-        self.last_backend = neighborhood._resolve_backend("auto", x, self.border, self.kernel)
+        self.last_backend = neighborhood.choose_backend("auto", x, self.border, self.kernel)
         return "auto"
 
     def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
@@ -125,11 +121,6 @@ class MultiScaleDilatedAttention(Mixer):
                     "(official) or 'masked', or smaller dilations"
                 )
         backend = self.pick_backend(x)
-        if self.last_backend == "natten" and is_in_torch_dispatch_mode(include_infra_modes=False):
-            # Under FlopCounterMode (or any dispatch mode) natten cannot be counted: its kernels have no FLOP
-            # formula and its CPU flex path refuses to compile under a dispatch mode. cpu_fast computes the same
-            # inward attention and carries the kernel's formula, so counts agree on every backend.
-            backend = self.last_backend = "cpu_fast"
         h, g = self.num_heads, self.heads_per_group
         # (B, H, W, 3C) -> (3, B, heads, H, W, head_dim): q/k/v outermost, heads grouped by dilation
         qkv = self.qkv(x).reshape(B, H, W, 3, h, self.head_dim).permute(3, 0, 4, 1, 2, 5).contiguous()
