@@ -1,0 +1,90 @@
+"""Effective receptive fields side by side: one panel per mechanism, on one colour scale.
+
+A map is a 2-D array (``.npy``) of gradient magnitudes at the input for the centre output (the measurement
+package writes it as a cell artifact named ``erf...``, with metrics ``erf_r50`` / ``erf_r90``: the radii, in
+input pixels, of the smallest centred discs holding 50% and 90% of the mass). Each map is normalised to its
+maximum and shown on a logarithmic colour scale, the way Luo et al. (2016) and RepLKNet show ERFs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.patches import Circle
+
+from attn_zoo.report.style import figure, save
+
+
+def load_maps(frame, store_dir: str | Path, artifact: str | None = None) -> list[tuple[str, np.ndarray, dict]]:
+    """``(title, map, radii)`` for each row of ``frame`` with an ERF artifact (first seed per config)."""
+    store_dir = Path(store_dir)
+    cols = [c for c in frame.columns if c.startswith("artifact.erf")]
+    if artifact:
+        cols = [c for c in cols if c == f"artifact.{artifact}"]
+    out = []
+    if not cols:
+        return out
+    seen = set()
+    for _, row in frame.iterrows():
+        key = row.get("config_id", row["label"])
+        if key in seen or not isinstance(row[cols[0]], str):
+            continue
+        path = (store_dir / row[cols[0]]).resolve()
+        if not path.is_relative_to(store_dir.resolve()) or not path.is_file():
+            continue
+        try:
+            erf = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            continue
+        if erf.ndim != 2:
+            continue
+        seen.add(key)
+        title = row["label"] + (f"\n({row['variant']})" if row.get("variant") else "")
+        radii = {k: float(row[k]) for k in ("erf_r50", "erf_r90") if k in row and np.isfinite(row[k])}
+        out.append((title, erf, radii))
+    return out
+
+
+def erf_plot(
+    maps: Sequence[tuple[str, np.ndarray, Mapping[str, float]]], path: str | Path, title: str | None = None
+) -> Path:
+    """Panels of normalised ERF maps with the r50 / r90 circles, sharing one logarithmic colour bar."""
+    path = Path(path)
+    n = len(maps)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    with figure(2.3 * cols + 0.9, 2.35 * rows + 0.5, ncols=cols, nrows=rows, squeeze=False) as (fig, axes):
+        image = None
+        norm = LogNorm(vmin=1e-3, vmax=1.0)
+        for k, ax in enumerate(axes.flat):
+            ax.grid(False)
+            if k >= n:
+                ax.axis("off")
+                continue
+            name, erf, radii = maps[k]
+            erf = np.abs(np.asarray(erf, dtype=float))
+            erf = erf / erf.max() if erf.max() > 0 else erf
+            h, w = erf.shape
+            extent = (-w / 2, w / 2, h / 2, -h / 2)
+            image = ax.imshow(np.clip(erf, 1e-3, 1.0), cmap="magma", norm=norm, extent=extent, interpolation="nearest")
+            for key, style in (("erf_r50", "-"), ("erf_r90", "--")):
+                if key in radii:
+                    ax.add_patch(Circle((0, 0), radii[key], fill=False, ec="#56B4E9", ls=style, lw=1.1))
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("x offset (px)", fontsize=7)
+            if k % cols == 0:
+                ax.set_ylabel("y offset (px)", fontsize=7)
+            ax.tick_params(labelsize=6.5)
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+        if image is not None:
+            bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+            bar.set_label("gradient magnitude / max (log)")
+        fig.suptitle(
+            title or "Effective receptive fields (circles: radius with 50% — and 90% -- of the mass)", fontsize=9
+        )
+        save(fig, path)
+    return path
