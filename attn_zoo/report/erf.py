@@ -18,22 +18,27 @@ from matplotlib.patches import Circle
 from attn_zoo.report.style import figure, save
 
 
-def load_maps(frame, store_dir: str | Path, artifact: str | None = None) -> list[tuple[str, np.ndarray, dict]]:
-    """``(title, map, radii)`` for each row of ``frame`` with an ERF artifact (first seed per config)."""
-    store_dir = Path(store_dir)
-    cols = [c for c in frame.columns if c.startswith("artifact.erf")]
-    if artifact:
-        cols = [c for c in cols if c == f"artifact.{artifact}"]
-    out = []
-    if not cols:
-        return out
-    seen = set()
+def artifact_columns(frame) -> list[str]:
+    """The ERF artifact columns of a store frame, e.g. ``artifact.erf_untrained``, ``artifact.erf_trained``."""
+    return [c for c in frame.columns if c.startswith("artifact.erf")]
+
+
+def _radius_prefix(frame, artifact: str) -> str:
+    """``erf_trained`` maps go with ``erf_trained_r50``; the untrained (or plain ``erf``) map with ``erf_r50``."""
+    return artifact if f"{artifact}_r50" in frame.columns else "erf"
+
+
+def load_maps(frame, store_dir: str | Path, column: str) -> list[tuple[str, np.ndarray, dict]]:
+    """``(title, map, radii)`` per configuration (its first seed with a readable map in ``column``)."""
+    store_dir = Path(store_dir).resolve()
+    prefix = _radius_prefix(frame, column.removeprefix("artifact."))
+    out, seen = [], set()
     for _, row in frame.iterrows():
         key = row.get("config_id", row["label"])
-        if key in seen or not isinstance(row[cols[0]], str):
+        if key in seen or not isinstance(row.get(column), str):
             continue
-        path = (store_dir / row[cols[0]]).resolve()
-        if not path.is_relative_to(store_dir.resolve()) or not path.is_file():
+        path = (store_dir / row[column]).resolve()
+        if not path.is_relative_to(store_dir) or not path.is_file():
             continue
         try:
             erf = np.load(path, allow_pickle=False)
@@ -42,8 +47,12 @@ def load_maps(frame, store_dir: str | Path, artifact: str | None = None) -> list
         if erf.ndim != 2:
             continue
         seen.add(key)
-        title = row["label"] + (f"\n({row['variant']})" if row.get("variant") else "")
-        radii = {k: float(row[k]) for k in ("erf_r50", "erf_r90") if k in row and np.isfinite(row[k])}
+        title = str(row["label"]) + (f"\n({row['variant']})" if row.get("variant") else "")
+        radii = {}
+        for level in ("r50", "r90"):
+            value = row.get(f"{prefix}_{level}")
+            if isinstance(value, (int, float)) and np.isfinite(value):
+                radii[f"erf_{level}"] = float(value)
         out.append((title, erf, radii))
     return out
 
@@ -83,8 +92,6 @@ def erf_plot(
         if image is not None:
             bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
             bar.set_label("gradient magnitude / max (log)")
-        fig.suptitle(
-            title or "Effective receptive fields (circles: radius with 50% — and 90% -- of the mass)", fontsize=9
-        )
+        fig.suptitle(title or "Effective receptive fields", fontsize=10, fontweight="bold")
         save(fig, path)
     return path

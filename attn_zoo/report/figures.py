@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attn_zoo.report.erf import erf_plot, load_maps
+from attn_zoo.report.erf import artifact_columns, erf_plot, load_maps
 from attn_zoo.report.plots import bar_plot, heatmap_plot, pareto_plot, varied_columns
 from attn_zoo.report.scaling import scaling_plot
 from attn_zoo.report.style import is_memory_metric, metric_title
@@ -61,7 +61,9 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
                 )
 
     if _has(frame, "img_size") and frame["img_size"].nunique() > 1:
-        metrics = [m for m in (LATENCY, *sorted(c for c in frame.columns if is_memory_metric(c)), "macs")]
+        memory = [c for c in ("peak_mem_fwd_mb", "peak_mem_train_mb") if c in frame]
+        memory = memory or sorted(c for c in frame.columns if is_memory_metric(c))
+        metrics = [LATENCY, "latency_train_median_ms", *memory, "macs"]
         for metric in metrics:
             if _has(frame, metric):
                 path = scaling_plot(frame, metric, out_dir / f"scaling_{metric}.png")
@@ -69,8 +71,8 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
                     Figure(
                         path,
                         f"{_cap(metric_title(metric))} vs resolution",
-                        "Log-log axes; the legend gives each line's fitted slope (exponent of the image side: "
-                        "2 = linear in tokens, 4 = quadratic).",
+                        "Log-log axes; the legend gives each line's fitted exponent b of cost ~ tokens^b "
+                        "(1 = linear in the number of tokens, 2 = quadratic).",
                     )
                 )
 
@@ -96,15 +98,20 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
                 figures.append(Figure(path, _cap(metric_title(metric)), seeds.replace("Points", "Bars")))
 
     if store_dir is not None:
-        maps = load_maps(frame, store_dir)
-        if maps:
-            path = erf_plot(maps, out_dir / "erf_maps.png")
+        for column in artifact_columns(frame):
+            maps = load_maps(frame, store_dir, column)
+            if not maps:
+                continue
+            kind = column.removeprefix("artifact.")
+            when = " after training" if "trained" in kind and "untrained" not in kind else ""
+            when = " at initialisation" if "untrained" in kind else when
+            path = erf_plot(maps, out_dir / f"{_slug(kind)}_maps.png", title=f"Effective receptive fields{when}")
             figures.append(
                 Figure(
                     path,
-                    "Effective receptive fields",
-                    "Gradient magnitude at the input for the centre output, normalised, log colour scale; "
-                    "circles hold 50% (solid) and 90% (dashed) of the mass.",
+                    f"Effective receptive fields{when}",
+                    "Gradient magnitude at the input for the centre output, normalised to its maximum, log colour "
+                    "scale; circles hold 50% (solid) and 90% (dashed) of the mass.",
                 )
             )
     return figures

@@ -2,8 +2,10 @@
 
 Configurations are matched by ``config_id`` (the resolved configuration without the seed, independent of the
 code version) and averaged over seeds. Latency moved when the relative change passes the threshold AND the
-change is larger than the measurement spread (half the summed interquartile ranges of the two runs, or the
-combined 95% CI over seeds, whichever is larger), so timer noise does not fail a build. Accuracy moved when
+change is larger than the measurement spread, so timer noise does not fail a build. The spread of one run is
+the half-width of the median's 95% bootstrap CI when the store has it (``latency_fwd_ci_low_ms`` /
+``_high_ms``), else half its interquartile range; the two runs' spreads and their 95% CIs over seeds are
+combined in quadrature and the largest of those counts. Accuracy moved when
 it changed by more than the threshold in percentage points. A configuration that finished in the baseline
 but has no finished seed now is reported as lost.
 """
@@ -19,7 +21,8 @@ import pandas as pd
 from attn_zoo.report.tables import aggregate
 
 LATENCY = "latency_median_ms"
-SPREAD = "latency_iqr_ms"
+CI_LOW, CI_HIGH = "latency_fwd_ci_low_ms", "latency_fwd_ci_high_ms"
+IQRS = ("latency_fwd_iqr_ms", "latency_iqr_ms")
 ACCURACY = "val_top1"
 
 
@@ -71,9 +74,8 @@ def compare_frames(
     accuracy_threshold: float = 1.0,
 ) -> Comparison:
     """Changes between two store frames (``Store.frame()``: ok cells) beyond the thresholds."""
-    metrics = [LATENCY, SPREAD, ACCURACY]
-    base = _by_config(baseline, metrics)
-    cur = _by_config(current, metrics)
+    base = _by_config(_with_spread(baseline), [LATENCY, "_spread", ACCURACY])
+    cur = _by_config(_with_spread(current), [LATENCY, "_spread", ACCURACY])
     changes: list[Change] = []
     shared = [k for k in base if k in cur]
     for key in shared:
@@ -82,7 +84,7 @@ def compare_frames(
         bl, cl = b.get(f"{LATENCY}_mean"), c.get(f"{LATENCY}_mean")
         if _num(bl) and _num(cl) and bl > 0:
             delta = cl - bl
-            spread = 0.5 * (_or0(b.get(f"{SPREAD}_mean")) + _or0(c.get(f"{SPREAD}_mean")))
+            spread = math.hypot(_or0(b.get("_spread_mean")), _or0(c.get("_spread_mean")))
             ci = math.hypot(_or0(b.get(f"{LATENCY}_ci95")), _or0(c.get(f"{LATENCY}_ci95")))
             noise = max(spread, ci)
             if abs(delta) / bl > latency_threshold and abs(delta) > noise:
@@ -108,6 +110,21 @@ def compare_frames(
         latency_threshold=latency_threshold,
         accuracy_threshold=accuracy_threshold,
     )
+
+
+def _with_spread(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``_spread``: one run's latency uncertainty (CI half-width of the median, else half the IQR)."""
+    if not len(frame):
+        return frame
+    frame = frame.copy()
+    spread = pd.Series(float("nan"), index=frame.index)
+    for col in IQRS:
+        if col in frame:
+            spread = spread.fillna(frame[col] / 2)
+    if CI_LOW in frame and CI_HIGH in frame:
+        spread = ((frame[CI_HIGH] - frame[CI_LOW]) / 2).fillna(spread)
+    frame["_spread"] = spread
+    return frame
 
 
 def _by_config(frame: pd.DataFrame, metrics: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,9 +1,11 @@
 """Latency and memory against input resolution on log-log axes, with the fitted power-law exponent.
 
-The exponents come from ``attn_zoo.measure.scaling.fit_exponents(frame) -> DataFrame[label, metric,
-exponent, ...]`` when the measurement package provides it; otherwise (or when a mechanism has several series,
-e.g. two window sizes) from :func:`fit_exponents_local`, a least-squares line through ``log y`` against
-``log img_size``. A slope of 2 means cost grows with the number of tokens; 4 with its square.
+The x axis is the number of pixels (ticks named by resolution, e.g. 64×64), proportional to the number of
+tokens, so the drawn slope is the exponent of ``metric ~ tokens ** b``: 1 is linear in tokens (windowed,
+neighbourhood attention), 2 quadratic (global attention). The exponents come from
+``attn_zoo.measure.scaling.fit_exponents(frame) -> DataFrame[label, metric, exponent, ...]`` when the
+measurement package provides it; otherwise (or when a mechanism has several series, e.g. two window sizes)
+from :func:`fit_exponents_local`, the same least-squares line through ``log y`` against ``log img_size**2``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator
 
 from attn_zoo.report.stats import mean_ci
 from attn_zoo.report.style import colors_for, figure, markers_for, metric_axis, metric_title, ordered, save
@@ -22,14 +24,15 @@ X = "img_size"
 _X_FACTORS = ("factor.model.img_size", "factor.img_size", "factor.data.resolution")
 
 
-def fit_exponents_local(frame: pd.DataFrame, metrics: Sequence[str], x: str = X) -> pd.DataFrame:
-    """Per label and metric: ``exponent`` (slope of log metric vs log ``x``), ``intercept``, ``r2``, ``n``."""
+def fit_exponents_local(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Per label and metric: ``exponent`` (slope of log metric vs log pixel count), ``intercept``, ``r2``,
+    ``n``."""
     rows = []
     for label, group in frame.groupby("label", sort=False):
         for metric in metrics:
             if metric not in group:
                 continue
-            fit = _fit(group[x].to_numpy(float), group[metric].to_numpy(float))
+            fit = _fit(group[X].to_numpy(float) ** 2, group[metric].to_numpy(float))
             if fit is not None:
                 rows.append({"label": label, "metric": metric, **fit})
     return pd.DataFrame(rows, columns=["label", "metric", "exponent", "intercept", "r2", "n"])
@@ -55,7 +58,10 @@ def exponents(frame: pd.DataFrame, metric: str) -> dict[str, float]:
         fit_exponents = None
     if fit_exponents is not None:
         try:
-            fits = fit_exponents(frame)
+            try:
+                fits = fit_exponents(frame, metrics=[metric])
+            except TypeError:
+                fits = fit_exponents(frame)
             fits = fits[fits["metric"] == metric]
             if len(fits):
                 return dict(zip(fits["label"], fits["exponent"].astype(float)))
@@ -100,7 +106,7 @@ def scaling_plot(frame: pd.DataFrame, metric: str, path: str | Path, title: str 
             group = data[data["_series"] == name]
             label = group["label"].iloc[0]
             stats = [(size, *mean_ci(g[metric])[:3]) for size, g in group.groupby(X)]
-            xs = np.array([s[0] for s in stats], float)
+            xs = np.array([s[0] for s in stats], float) ** 2
             ys = np.array([s[1] for s in stats]) * scale
             cis = np.array([s[3] for s in stats]) * scale
             local = _fit(xs, ys)
@@ -124,19 +130,19 @@ def scaling_plot(frame: pd.DataFrame, metric: str, path: str | Path, title: str 
                 icpt = float(np.mean(np.log(ys[ys > 0]) - slope * lx))
                 grid = np.exp(np.linspace(lx.min(), lx.max(), 20))
                 ax.plot(grid, np.exp(icpt) * grid**slope, color=colors[label], ls=style, lw=1.2, zorder=2)
-            text = f"{name}: slope {slope:.2f}" if np.isfinite(slope) else f"{name}: one resolution"
+            text = f"{name}: {slope:.2f}" if np.isfinite(slope) else f"{name}: one resolution"
             ax.plot([], [], marker=markers[label], color=colors[label], ls=style, label=text)
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("log")
         ax.set_yscale("log")
-        ticks = sorted(data[X].unique())
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
+        sides = sorted(data[X].unique())
+        ax.xaxis.set_major_locator(FixedLocator([float(v) ** 2 for v in sides]))
+        ax.xaxis.set_major_formatter(FixedFormatter([f"{v:g}×{v:g}" for v in sides]))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.25)
-        ax.set_xlabel("input resolution, image side (px), log scale")
+        ax.set_xlabel("input resolution (px), log scale of the pixel count")
         ax.set_ylabel(label_text + ", log scale")
         ax.set_title(title or f"{metric_title(metric)[:1].upper()}{metric_title(metric)[1:]} vs resolution")
-        ax.legend(loc="upper left", title="log-log slope (fit)")
+        ax.legend(loc="upper left", title="exponent b in cost ~ tokens$^b$")
         save(fig, path)
     return path

@@ -50,6 +50,15 @@ _METRICS = {
     "attention_macs": ("attention MACs per image", "", "count"),
     "params": ("parameters", "", "count"),
     "latency_median_ms": ("latency", "ms", "plain"),
+    "latency_fwd_median_ms": ("latency, forward", "ms", "plain"),
+    "latency_fwdbwd_median_ms": ("latency, forward + backward", "ms", "plain"),
+    "latency_train_median_ms": ("latency, training step", "ms", "plain"),
+    "throughput_train_img_s": ("training throughput", "images/s", "plain"),
+    "peak_mem_fwd_mb": ("peak memory, forward", "MB", "plain"),
+    "peak_mem_train_mb": ("peak memory, training step", "MB", "plain"),
+    "act_mem_fwd_mb": ("activation memory, forward", "MB", "plain"),
+    "weights_mb": ("weights", "MB", "plain"),
+    "tokens": ("tokens, first stage", "", "count"),
     "latency_p95_ms": ("latency, 95th percentile", "ms", "plain"),
     "latency_min_ms": ("latency, minimum", "ms", "plain"),
     "throughput_img_s": ("throughput", "images/s", "plain"),
@@ -72,7 +81,7 @@ def is_memory_metric(name: str) -> bool:
 def metric_axis(name: str, values: Iterable[float] = ()) -> tuple[str, float]:
     """``(axis label with unit, scale)`` for a metric; counts get K/M/G chosen from ``values``."""
     vals = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if is_memory_metric(name):
+    if is_memory_metric(name) and name not in _METRICS:
         unit = {"_mb": "MB", "_gb": "GB", "_bytes": "bytes"}[
             next(s for s in ("_mb", "_gb", "_bytes") if name.endswith(s))
         ]
