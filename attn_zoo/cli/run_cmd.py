@@ -82,7 +82,7 @@ def store_path_for(out: Path, name: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin_file(plugin)
-    suite = load_suite(args.suite, parse_overrides(args.set))
+    suite = load_suite(args.suite, parse_overrides(args.set), plugins=tuple(args.plugin))
     options = dict(suite.executor)
     if args.jobs is not None:
         options["jobs"] = args.jobs

@@ -443,6 +443,9 @@ def export_frame(frame, path: str | Path) -> Path:
 
 
 def _scalar(value: Any) -> Any:
+    """A knob or factor value as one cell of a table: per-stage values as ``8/4/2/1``, lists as JSON."""
+    if isinstance(value, dict) and set(value) == {"per_stage"} and isinstance(value["per_stage"], list):
+        return "/".join(str(v) for v in value["per_stage"])
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 

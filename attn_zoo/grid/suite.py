@@ -8,6 +8,7 @@ factors combined as a cartesian product (or zipped). Example::
     description = "global vs Swin, two seeds"
     mode = "product"            # or "zip" (factors zipped; seeds still multiply every combination)
     include = ["base.toml"]     # optional, relative to this file; this file's values win
+    plugins = ["my_mech.py"]    # optional: plugin files this suite needs (loaded only by --plugin)
 
     [model]
     preset = "zoo_s32"          # any ModelConfig field may follow; `mechanism` names the mixer
@@ -103,7 +104,15 @@ class SuiteError(AttnZooError, ValueError):
 
     def __init__(self, path: str | Path, key: str, message: str):
         self.path, self.key, self.message = str(path), key, message
-        super().__init__(f"{path}: [{key}] {message}" if key else f"{path}: {message}")
+        # one line whatever the file holds: a key or a message with control characters is shown escaped
+        shown_key, shown = _printable(key), _printable(message)
+        super().__init__(
+            f"{_printable(str(path))}: [{shown_key}] {shown}" if key else f"{_printable(str(path))}: {shown}"
+        )
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +195,8 @@ def variant_name(factors: Mapping[str, Any]) -> str:
 
 
 def _display(value: Any) -> str:
+    if isinstance(value, Mapping) and set(value) == {"per_stage"} and isinstance(value["per_stage"], list):
+        return "/".join(_display(v) for v in value["per_stage"])
     if isinstance(value, Mapping):
         if "name" in value:
             return str(value["name"])
@@ -198,14 +209,21 @@ def _display(value: Any) -> str:
 
 
 # -- reading --------------------------------------------------------------------------------------------
-def load_suite(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Suite:
+def load_suite(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, plugins: tuple[str | Path, ...] = ()
+) -> Suite:
     """Read, merge includes, validate and expand a suite file. Raises :class:`SuiteError`, nothing else
-    for a bad file; writes nothing."""
+    for a bad file; writes nothing.
+
+    ``overrides`` are ``{"train.lr": 1e-3}`` (``attn-zoo run --set``). ``plugins`` are the plugin files the
+    user loaded explicitly (``--plugin``): a suite's ``[suite] plugins`` list only declares what it needs,
+    and each declared file must be among them; a suite file never causes code to run.
+    """
     path = Path(path)
     raw = _read(path, seen=())
     for dotted, value in (overrides or {}).items():
         _set_override(path, raw, dotted, value)
-    return _build(path, raw)
+    return _build(path, raw, plugins)
 
 
 def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -364,6 +382,16 @@ def _check_table(path: Path, key: str, section: str, table: Mapping[str, Any], n
             allowed = ", ".join(sorted(fields))
             raise SuiteError(path, f"{key}.{name}", f"unknown key in [{section}]; allowed: {allowed}")
         _check_value(path, f"{key}.{name}", value, fields[name])
+        if name.endswith("_dir") and section != "data":
+            _check_output_dir(path, f"{key}.{name}", value)
+
+
+def _check_output_dir(path: Path, key: str, value: Any) -> None:
+    """A directory a cell writes to is relative to the results directory and stays inside it."""
+    if isinstance(value, str) and (Path(value).is_absolute() or ".." in Path(value).parts or value.startswith("~")):
+        raise SuiteError(
+            path, key, f"{value!r}: output directories are relative to the results directory (no '..', '/', '~')"
+        )
 
 
 def _check_value(path: Path, key: str, value: Any, ann: Any) -> None:
@@ -387,19 +415,13 @@ def _check_plain(path: Path, key: str, value: Any) -> None:
 
 
 # -- building the cells ---------------------------------------------------------------------------------
-def _build(path: Path, raw: Mapping[str, Any]) -> Suite:
+def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] = ()) -> Suite:
     suite_table = dict(raw.get("suite", {}))
     unknown = set(suite_table) - set(SUITE_KEYS)
     if unknown:
         key = sorted(unknown)[0]
         raise SuiteError(path, f"suite.{key}", f"unknown key; allowed: {', '.join(SUITE_KEYS)}")
-    if "plugins" in suite_table:
-        raise SuiteError(
-            path,
-            "suite.plugins",
-            f"{_show(suite_table['plugins'])}: suite files never load code; pass plugin files with "
-            "`attn-zoo run --plugin FILE` or install the plugin (entry-point group attn_zoo.mechanisms)",
-        )
+    _check_plugins(path, suite_table.get("plugins", []), plugins)
     name = suite_table.get("name", path.stem)
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SuiteError(
@@ -446,6 +468,30 @@ def _build(path: Path, raw: Mapping[str, Any]) -> Suite:
     )
 
 
+def _check_plugins(path: Path, declared: Any, loaded: tuple[str | Path, ...]) -> None:
+    """``[suite] plugins`` declares plugin files; they run only when the user passed them with --plugin."""
+    if not isinstance(declared, list) or not all(isinstance(p, str) and p for p in declared):
+        raise SuiteError(path, "suite.plugins", f"must be a list of .py file names, got {_show(declared)}")
+    given = set()
+    for item in loaded:
+        with contextlib.suppress(OSError, RuntimeError):
+            given.add(Path(item).resolve())
+    for plugin in declared:
+        target = path.parent / plugin
+        try:
+            resolved = target.resolve()
+        except (OSError, RuntimeError, ValueError):
+            resolved = None
+        if resolved not in given:
+            raise SuiteError(
+                path,
+                "suite.plugins",
+                f"needs the plugin file {plugin!r}; suite files never run code: load it explicitly with "
+                f"`attn-zoo run {path} --plugin {target}` (or install it as a package with an "
+                "attn_zoo.mechanisms entry point)",
+            )
+
+
 def _check_mechanisms(path: Path, per_mech: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``[mechanisms.NAME]`` tables: known mechanism, known knobs, values of the knob's type."""
     out = {}
@@ -460,6 +506,10 @@ def _check_mechanisms(path: Path, per_mech: Mapping[str, Any]) -> dict[str, dict
             if knob not in spec.knobs:
                 raise SuiteError(path, key, f"unknown knob; {mech} has: {', '.join(spec.knobs) or '(none)'}")
             parsed[knob] = _check_knob(path, key, mech, knob, value)
+        try:  # constraints between knobs (and with the paper's per-stage defaults) of this table
+            spec.validate(parsed)
+        except AttnZooError as exc:
+            raise SuiteError(path, f"mechanisms.{mech}", str(exc)) from None
         out[mech] = parsed
     return out
 
@@ -541,6 +591,8 @@ def _check_grid(path: Path, raw: Mapping[str, Any], grid: Mapping[str, Any]) -> 
                     _check_value(path, gkey, value, fields[rest])
                 else:
                     _check_plain(path, gkey, value)
+                if rest.endswith("_dir") and head != "data":
+                    _check_output_dir(path, gkey, value)
         else:
             allowed = "mechanism, seed, preset, a section (" + ", ".join(CONFIG_SECTIONS) + ")"
             allowed += ", or section.field / knobs.NAME"
