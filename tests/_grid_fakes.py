@@ -159,3 +159,19 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.1) -> bool:
 
 def close(a: float, b: float, rel: float = 1e-9) -> bool:
     return math.isclose(a, b, rel_tol=rel)
+
+
+def erf_runner(cell, artifact_dir: Path) -> dict[str, Any]:
+    """The fake runner plus an ERF map artifact: a Gaussian whose width grows with the window."""
+    import numpy as np
+
+    result = fake_runner(cell)
+    size = cell.spec["model"]["img_size"]
+    sigma = 3.0 * (cell.spec.get("knobs") or {}).get("window", 6) / 2
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    erf = np.exp(-(xx**2 + yy**2) / (2 * sigma**2)).astype(np.float32)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    np.save(artifact_dir / "erf_untrained.npy", erf)
+    result["artifacts"] = {"erf_untrained": str(artifact_dir / "erf_untrained.npy")}
+    result["metrics"].update(erf_r50=1.18 * sigma, erf_r90=2.15 * sigma)
+    return result

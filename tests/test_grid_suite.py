@@ -148,6 +148,9 @@ def test_include_merges_and_this_file_wins(tmp_path):
     assert suite.name == "main"  # the including file names the suite
     assert sorted((c.label, c.seed) for c in suite.cells) == [("swin", 0), ("swin", 1)]
     assert {c.model_config().img_size for c in suite.cells} == {32}
+    # what a run records holds every file that made the suite
+    assert suite.text.startswith(path.read_text()) and "# ---- included file " in suite.text
+    assert 'name = "base"' in suite.text
 
 
 def test_cells_are_keyed_by_configuration_not_by_factor_names(tmp_path):

@@ -460,11 +460,12 @@ def _is_number(value: Any) -> bool:
 def _open_readonly(path: Path) -> sqlite3.Connection:
     """Read without writing: ``mode=ro``; on read-only media (no -shm file can be made), ``immutable=1``."""
     uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
     try:
-        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return db
     except sqlite3.OperationalError:
+        db.close()
         return sqlite3.connect(f"{uri}?immutable=1", uri=True)
 
 

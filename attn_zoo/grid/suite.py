@@ -220,13 +220,17 @@ def load_suite(
     and each declared file must be among them; a suite file never causes code to run.
     """
     path = Path(path)
-    raw = _read(path, seen=())
+    texts: list[tuple[Path, str]] = []
+    raw = _read(path, seen=(), texts=texts)
     for dotted, value in (overrides or {}).items():
         _set_override(path, raw, dotted, value)
-    return _build(path, raw, plugins)
+    suite = _build(path, raw, plugins)
+    # the text a run records: this file, then each included file under a comment naming it
+    text = texts[-1][1] + "".join(f"\n# ---- included file {p} ----\n{t}" for p, t in texts[:-1])
+    return dataclasses.replace(suite, text=text)
 
 
-def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _read(path: Path, seen: tuple[Path, ...], texts: list[tuple[Path, str]]) -> dict[str, Any]:
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError) as exc:
@@ -236,7 +240,8 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     try:
         if not path.is_file():
             raise SuiteError(path, "", "file not found" if not path.exists() else "not a regular file")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SuiteError(path, "", f"is not valid TOML: {exc}") from None
     except (OSError, ValueError) as exc:  # permission denied, a name the OS rejects (NUL byte), ...
@@ -261,9 +266,10 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         if not target.is_file():
             what = "does not exist" if not target.exists() else "is not a regular file"
             raise SuiteError(path, "suite.include", f"{include!r} {what} (looked for {target})")
-        _merge(merged, _read(target, seen + (resolved,)))
+        _merge(merged, _read(target, seen + (resolved,), texts))
     merged.get("suite", {}).pop("name", None)  # the including file names the suite
     _merge(merged, data)
+    texts.append((path, text))
     return merged
 
 
@@ -452,15 +458,11 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
             spec = _resolve_cell(path, raw, combo, per_mech, overrides, knob_factors)
         cell = Cell(spec)
         cells.setdefault(cell.cell_id, cell)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:  # pragma: no cover - it was readable a moment ago
-        raise SuiteError(path, "", f"cannot be read: {exc}") from None
     return Suite(
         name,
         str(path),
         description,
-        text,
+        "",
         tuple(cells.values()),
         raw,
         executor,

@@ -65,7 +65,8 @@ def erf_plot(
     n = len(maps)
     cols = min(n, 4)
     rows = -(-n // cols)
-    with figure(2.3 * cols + 0.9, 2.35 * rows + 0.5, ncols=cols, nrows=rows, squeeze=False) as (fig, axes):
+    size = (2.3 * cols + 0.9, 2.45 * rows + 0.6)
+    with figure(*size, ncols=cols, nrows=rows, squeeze=False, layout="constrained") as (fig, axes):
         image = None
         norm = LogNorm(vmin=1e-3, vmax=1.0)
         for k, ax in enumerate(axes.flat):
@@ -82,15 +83,16 @@ def erf_plot(
             for key, style in (("erf_r50", "-"), ("erf_r90", "--")):
                 if key in radii:
                     ax.add_patch(Circle((0, 0), radii[key], fill=False, ec="#56B4E9", ls=style, lw=1.1))
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("x offset (px)", fontsize=7)
+            ax.set_title(name, fontsize=8.5)
+            if k + cols >= n:  # the lowest panel of its column
+                ax.set_xlabel("x offset (px)", fontsize=7)
             if k % cols == 0:
                 ax.set_ylabel("y offset (px)", fontsize=7)
             ax.tick_params(labelsize=6.5)
             for spine in ax.spines.values():
                 spine.set_visible(True)
         if image is not None:
-            bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+            bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9, aspect=30)
             bar.set_label("gradient magnitude / max (log)")
         fig.suptitle(title or "Effective receptive fields", fontsize=10, fontweight="bold")
         save(fig, path)

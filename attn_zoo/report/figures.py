@@ -91,7 +91,7 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
                     )
                 )
 
-    if configs <= MAX_BARS:
+    if 1 < configs <= MAX_BARS:
         for metric in (ACCURACY, LATENCY):
             if _has(frame, metric):
                 path = bar_plot(frame, metric, out_dir / f"bars_{metric}.png")
@@ -99,12 +99,16 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
 
     if store_dir is not None:
         for column in artifact_columns(frame):
-            maps = load_maps(frame, store_dir, column)
+            # maps side by side at one resolution (the largest): sizes in pixels compare directly
+            rows = frame[frame["img_size"] == frame["img_size"].max()] if _has(frame, "img_size") else frame
+            maps = load_maps(rows, store_dir, column)
             if not maps:
                 continue
             kind = column.removeprefix("artifact.")
             when = " after training" if "trained" in kind and "untrained" not in kind else ""
             when = " at initialisation" if "untrained" in kind else when
+            if _has(rows, "img_size") and frame["img_size"].nunique() > 1:
+                when += f", {int(rows['img_size'].iloc[0])}×{int(rows['img_size'].iloc[0])} input"
             path = erf_plot(maps, out_dir / f"{_slug(kind)}_maps.png", title=f"Effective receptive fields{when}")
             figures.append(
                 Figure(

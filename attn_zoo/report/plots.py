@@ -12,6 +12,7 @@ import matplotlib.patheffects as pe
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 
 from attn_zoo.report.stats import mean_ci
 from attn_zoo.report.style import colors_for, figure, markers_for, metric_axis, metric_title, ordered, save
@@ -78,22 +79,10 @@ def pareto_plot(frame: pd.DataFrame, x: str, y: str, path: str | Path, title: st
                 ls="none",
                 zorder=3,
             )
-            if several:
-                for i in idx:
-                    text = agg["variant"].iloc[i]
-                    # with many points only the front is named, or the labels would bury the data
-                    if text and (len(agg) <= 10 or i in set(front.tolist())):
-                        ax.annotate(
-                            text,
-                            (xs[i], ys[i]),
-                            xytext=(5, 4),
-                            textcoords="offset points",
-                            fontsize=6.5,
-                            color="0.25",
-                            path_effects=[pe.withStroke(linewidth=2, foreground="white")],
-                        )
+
         if len(xs) and xs.min() > 0 and xs.max() / xs.min() > 20:
             ax.set_xscale("log")
+
         ax.set_xlabel(xlabel + " — lower is better")
         ax.set_ylabel(ylabel + " — higher is better")
         ax.set_title(title or f"{_cap(metric_title(y))} vs {metric_title(x)}")
@@ -110,12 +99,55 @@ def pareto_plot(frame: pd.DataFrame, x: str, y: str, path: str | Path, title: st
         ax.margins(x=0.08, y=0.12)
         bound_axis(ax, "x", x)
         bound_axis(ax, "y", y)
+        if several:  # after the limits are final: labels are placed in screen space
+            # with many points only the front is named, or the labels would bury the data
+            named = [i for i in range(len(agg)) if agg["variant"].iloc[i] and (len(agg) <= 10 or i in set(front))]
+            _annotate(ax, xs, ys, [agg["variant"].iloc[i] for i in range(len(agg))], named)
         save(fig, path)
     return path
 
 
+def _annotate(ax, xs: np.ndarray, ys: np.ndarray, texts: list[str], which: list[int]) -> None:
+    """Name points without overlap: points at one spot share a label; a label that would cover another
+    moves down (or up) until it is clear, measured on the drawn text."""
+    spots: dict[tuple[float, float], list[int]] = {}
+    for i in which:
+        px, py = ax.transData.transform((xs[i], ys[i]))
+        spots.setdefault((round(px / 4), round(py / 4)), []).append(i)
+    ax.figure.canvas.draw()  # lay the figure out once, so text extents below are the drawn ones
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for key in sorted(spots, key=lambda k: (-k[1], k[0])):
+        members = spots[key]
+        text = "; ".join(texts[i] for i in members)
+        for dy in (4, -8, 14, -18, 24, -28, 34, -38):
+            note = ax.annotate(
+                text,
+                (xs[members[0]], ys[members[0]]),
+                xytext=(6, dy),
+                textcoords="offset points",
+                fontsize=6.5,
+                color="0.25",
+                va="center",
+                path_effects=[pe.withStroke(linewidth=2, foreground="white")],
+                # a label moved off its point keeps a thin line to it
+                arrowprops=None if dy == 4 else {"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkB": 4},
+            )
+            note.update_positions(renderer)
+            box = Text.get_window_extent(note, renderer).expanded(1.04, 1.15)  # the text, not its leader line
+            if not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            note.remove()
+        else:
+            placed.append(box)  # crowded: keep the last try rather than drop the name
+            ax.add_artist(note)
+
+
 def bar_plot(frame: pd.DataFrame, metric: str, path: str | Path, title: str | None = None) -> Path:
-    """One bar per configuration (mean over seeds) with its 95% confidence interval, coloured by mechanism."""
+    """One horizontal bar per configuration (mean over seeds) with its 95% confidence interval, coloured by
+    mechanism; each bar's label carries its number, so nothing is written over the bars. A log axis when
+    the values span more than two orders of magnitude."""
     path = Path(path)
     agg = aggregate(frame, [metric]).dropna(subset=[f"{metric}_mean"])
     agg = agg.assign(_order=agg["label"].map({lb: i for i, lb in enumerate(ordered(agg["label"]))}))
@@ -124,29 +156,37 @@ def bar_plot(frame: pd.DataFrame, metric: str, path: str | Path, title: str | No
     label_text, scale = metric_axis(metric, agg[f"{metric}_mean"])
     means = agg[f"{metric}_mean"].to_numpy() * scale
     cis = agg[f"{metric}_ci95"].fillna(0).to_numpy() * scale
-    names = [display_name(lb, v).replace(" (", "\n(") for lb, v in zip(agg["label"], agg["variant"])]
     colors = colors_for(ordered(agg["label"]))
-    width = max(3.6, 0.55 * len(agg) + 1.6)
-    with figure(min(width, 12), 3.4) as (fig, ax):
-        pos = np.arange(len(agg))
-        ax.bar(
+    labels = []
+    for lb, variant, m, c in zip(agg["label"], agg["variant"], means, cis):
+        digits = _digits(m)
+        number = f"{m:,.{digits}f}" + (f" ± {c:,.{digits}f}" if c > 0 else "")
+        labels.append(f"{display_name(lb, variant)}   {number}")
+    with figure(6.4, 0.32 * len(agg) + 1.3) as (fig, ax):
+        pos = np.arange(len(agg))[::-1]  # first configuration on top
+        ax.barh(
             pos,
             means,
-            yerr=cis if cis.any() else None,
+            xerr=cis if cis.any() else None,
             color=[colors[lb] for lb in agg["label"]],
             edgecolor="white",
-            width=0.72,
-            error_kw={"elinewidth": 1.0, "capsize": 3, "ecolor": "0.2"},
+            height=0.72,
+            error_kw={"elinewidth": 1.0, "capsize": 2.5, "ecolor": "0.2"},
             zorder=2,
         )
-        top = np.nanmax(means + cis) if len(means) else 1.0
-        # the numbers go under the bars, where a wide interval cannot push them off the plot
-        ticks = [f"{n}\n{_fmt(m)}" + (f" ± {_fmt(c)}" if c > 0 else "") for n, m, c in zip(names, means, cis)]
-        ax.set_xticks(pos, ticks, rotation=30 if len(agg) > 6 else 0, ha="right" if len(agg) > 6 else "center")
-        ax.set_ylabel(label_text)
-        ax.set_ylim(0, top * 1.12 if top > 0 else 1)
-        bound_axis(ax, "y", metric)
-        ax.grid(axis="x", visible=False)
+        ax.set_yticks(pos, labels, fontsize=7.5)
+        ax.tick_params(axis="y", length=0)
+        positive = means[means > 0]
+        if len(positive) and positive.max() / positive.min() > 100:
+            ax.set_xscale("log")
+            label_text += ", log scale"
+        else:
+            top = np.nanmax(means + cis) if len(means) else 1.0
+            ax.set_xlim(0, top * 1.05 if top > 0 else 1)
+            bound_axis(ax, "x", metric)
+        ax.set_xlabel(label_text)
+        ax.grid(axis="y", visible=False)
+        ax.spines["left"].set_visible(False)
         _title(ax, title or _cap(metric_title(metric)), _seeds_note(agg))
         save(fig, path)
     return path
