@@ -254,6 +254,8 @@ def test_set_overrides_are_checked_like_the_file(tmp_path):
         load_suite(path, {"bogus.x": 1})
     with pytest.raises(SuiteError, match=r"\[suite\.name\] '\.\./x' \(str\) must be a simple name"):
         load_suite(path, {"suite.name": "../x"})
+    with pytest.raises(SuiteError, match=r"\[suite\.include\] includes are read from the file"):
+        load_suite(path, {"suite.include": ["other.toml"]})
 
 
 def test_declared_plugin_loads_only_when_given_explicitly(tmp_path):

@@ -300,6 +300,8 @@ def _set_override(path: Path, raw: dict[str, Any], dotted: str, value: Any) -> N
     parts = dotted.split(".")
     if not all(parts) or parts[0] not in SECTIONS:
         raise SuiteError(path, dotted, f"--set: unknown key; it must start with one of {', '.join(SECTIONS)}")
+    if dotted == "suite.include":
+        raise SuiteError(path, dotted, "includes are read from the file; --set cannot change them")
     if parts[0] == "grid" and len(parts) > 1:
         parts = ["grid", ".".join(parts[1:])]
     node = raw
