@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from _grid_fakes import FAKE_WORKER, ROOT, TESTS, fake_runner, pid_alive, wait_for, write_suite
+from _grid_fakes import ROOT, TESTS, fake_runner, pid_alive, wait_for, write_suite
 
 from attn_zoo.grid import Store, load_suite, run_suite
 

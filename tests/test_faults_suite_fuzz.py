@@ -129,7 +129,7 @@ def mutations(draw):
         doc["grid"][factor] = []
         return doc, f"grid.{factor}", None
     if kind == "huge":
-        n = draw(st.integers(min_value=int(math.isqrt(MAX_CELLS)) + 1, max_value=3 * math.isqrt(MAX_CELLS)))
+        n = draw(st.integers(min_value=math.isqrt(MAX_CELLS) + 1, max_value=3 * math.isqrt(MAX_CELLS)))
         doc["grid"]["seed"] = list(range(n))
         doc["grid"]["model.img_size"] = list(range(16, 16 + n))
         doc["grid"]["mechanism"] = ["swin"]
