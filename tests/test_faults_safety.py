@@ -13,7 +13,7 @@ from attn_zoo.cli import main
 from attn_zoo.cli.run_cmd import store_path_for
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid import InlineExecutor, SuiteError, load_suite, register_executor
-from attn_zoo.grid.suite import _check_output_dir
+from attn_zoo.grid.checks import check_output_dir
 
 
 @register_executor("fake-safe")
@@ -91,5 +91,5 @@ def test_suite_names_that_would_leave_the_results_directory_are_refused(tmp_path
 @pytest.mark.parametrize("value", ["/tmp/elsewhere", "../up", "ok/../../up", "~/home"])
 def test_output_directories_in_a_suite_must_stay_relative(tmp_path, value):
     with pytest.raises(SuiteError, match=r"\[train\.checkpoint_dir\] .*relative to the results directory"):
-        _check_output_dir(tmp_path / "s.toml", "train.checkpoint_dir", value)
-    _check_output_dir(tmp_path / "s.toml", "train.checkpoint_dir", "checkpoints/run1")  # fine
+        check_output_dir(tmp_path / "s.toml", "train.checkpoint_dir", value)
+    check_output_dir(tmp_path / "s.toml", "train.checkpoint_dir", "checkpoints/run1")  # fine

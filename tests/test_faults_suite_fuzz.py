@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attn_zoo.cli import main
-from attn_zoo.grid.suite import MAX_CELLS, SUITE_KEYS, SuiteError, _fields, load_suite
+from attn_zoo.grid.checks import section_fields
+from attn_zoo.grid.suite import MAX_CELLS, SUITE_KEYS, SuiteError, load_suite
 
 BASE = {
     "suite": {"name": "fuzz"},
@@ -120,7 +121,7 @@ def mutations(draw):
         section = draw(st.sampled_from(["model", "train", "budget", "measure", "suite"]))
         key = draw(names.filter(lambda k: "." not in k and k not in doc[section]))
         doc[section][key] = draw(scalars)
-        known = set(SUITE_KEYS) if section == "suite" else set(_fields(section))
+        known = set(SUITE_KEYS) if section == "suite" else set(section_fields(section))
         if key in known:
             return doc, None, None  # a real field: one clear error or a valid suite
         return doc, f"{section}.{key}", None

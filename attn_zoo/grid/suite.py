@@ -60,8 +60,6 @@ import json
 import math
 import re
 import sys
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +68,15 @@ import attn_zoo
 from attn_zoo.backbone.config import MixerSpec, ModelConfig, parse_knob_value
 from attn_zoo.backbone.presets import list_presets, resolve_config
 from attn_zoo.errors import AttnZooError
+from attn_zoo.grid.checks import (
+    SuiteError,
+    check_output_dir,
+    check_plain,
+    check_table,
+    check_value,
+    section_fields,
+    show,
+)
 from attn_zoo.registry import PerStage, get_mechanism, list_mechanisms
 from attn_zoo.train.budget import Budget
 from attn_zoo.train.data import DataConfig
@@ -95,24 +102,6 @@ MEASURE_DEFAULTS = {
 GRID_TARGETS = ("model", "data", "train", "budget", "measure", "knobs")
 MAX_CELLS = 10_000
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-# keys a section table may hold besides its config fields
-_EXTRA_KEYS = {"model": ("preset", "mechanism"), "train": ("seed",)}
-
-
-class SuiteError(AttnZooError, ValueError):
-    """A suite file that cannot run: names the file, the key, the value and what is allowed."""
-
-    def __init__(self, path: str | Path, key: str, message: str):
-        self.path, self.key, self.message = str(path), key, message
-        # one line whatever the file holds: a key or a message with control characters is shown escaped
-        shown_key, shown = _printable(key), _printable(message)
-        super().__init__(
-            f"{_printable(str(path))}: [{shown_key}] {shown}" if key else f"{_printable(str(path))}: {shown}"
-        )
-
-
-def _printable(text: str) -> str:
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,14 +241,14 @@ def _read(path: Path, seen: tuple[Path, ...], texts: list[tuple[Path, str]]) -> 
         raise SuiteError(path, key, f"unknown section {key!r}; allowed: {', '.join(SECTIONS)}")
     for section, value in data.items():
         if not isinstance(value, dict):
-            raise SuiteError(path, section, f"must be a table, got {_show(value)}")
+            raise SuiteError(path, section, f"must be a table, got {show(value)}")
     if "grid" in data:
         data["grid"] = _flatten_grid(path, data["grid"])
     includes = data.get("suite", {}).pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
-        raise SuiteError(path, "suite.include", f"must be a list of file names, got {_show(includes)}")
+        raise SuiteError(path, "suite.include", f"must be a list of file names, got {show(includes)}")
     merged: dict[str, Any] = {}
     for include in includes:
         target = path.parent / include
@@ -308,120 +297,11 @@ def _set_override(path: Path, raw: dict[str, Any], dotted: str, value: Any) -> N
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise SuiteError(path, ".".join(parts[: i + 1]), f"--set {dotted}: {_show(node)} is not a table")
+            raise SuiteError(path, ".".join(parts[: i + 1]), f"--set {dotted}: {show(node)} is not a table")
     node[parts[-1]] = value
 
 
 # -- checking values against dataclass fields -----------------------------------------------------------
-def _show(value: Any) -> str:
-    text = repr(value)
-    text = text if len(text) <= 80 else text[:77] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _type_ok(value: Any, ann: Any) -> bool:
-    if ann is Any:
-        return True
-    origin = typing.get_origin(ann)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(ann))
-    if ann is type(None):
-        return value is None
-    if ann is bool:
-        return isinstance(value, bool)
-    if ann is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if ann is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ann is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        args = typing.get_args(ann)
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_type_ok(v, args[0]) for v in value)
-        return len(args) == len(value) and all(_type_ok(v, a) for v, a in zip(value, args))
-    if origin in (dict, Mapping) or ann in (dict, Mapping):
-        return isinstance(value, dict)
-    return True
-
-
-def _type_name(ann: Any) -> str:
-    origin = typing.get_origin(ann)
-    if origin in (typing.Union, types.UnionType):
-        names = [_type_name(a) for a in typing.get_args(ann) if a is not type(None)]
-        return " or ".join(names)
-    if origin is tuple:
-        args = typing.get_args(ann)
-        inner = _type_name(args[0]) if args else "value"
-        return f"a list of {inner.removeprefix('an ').removeprefix('a ')}s"
-    return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(
-        ann, getattr(ann, "__name__", str(ann))
-    )
-
-
-def _fields(section: str) -> dict[str, Any]:
-    """Field name -> type annotation of the config behind ``section``."""
-    if section == "measure":
-        return {k: type(v) for k, v in MEASURE_DEFAULTS.items()}
-    cls = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "budget": Budget}[section]
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
-    if section == "data":
-        fields.pop("options", None)
-    for extra in _EXTRA_KEYS.get(section, ()):
-        fields[extra] = int if extra == "seed" else str
-    return fields
-
-
-def _check_table(path: Path, key: str, section: str, table: Mapping[str, Any], named: bool = False) -> None:
-    """Every key of ``table`` is a field of ``section`` with a value of its type (data: options pass)."""
-    fields = _fields(section)
-    for name, value in table.items():
-        if named and name == "name":
-            if not isinstance(value, str) or not value:
-                raise SuiteError(path, f"{key}.name", f"must be a non-empty string, got {_show(value)}")
-            continue
-        if name not in fields:
-            if section == "data":  # source-specific options, checked by the source itself
-                _check_plain(path, f"{key}.{name}", value)
-                continue
-            allowed = ", ".join(sorted(fields))
-            raise SuiteError(path, f"{key}.{name}", f"unknown key in [{section}]; allowed: {allowed}")
-        _check_value(path, f"{key}.{name}", value, fields[name])
-        if name.endswith("_dir") and section != "data":
-            _check_output_dir(path, f"{key}.{name}", value)
-
-
-def _check_output_dir(path: Path, key: str, value: Any) -> None:
-    """A directory a cell writes to is relative to the results directory and stays inside it."""
-    if isinstance(value, str) and (Path(value).is_absolute() or ".." in Path(value).parts or value.startswith("~")):
-        raise SuiteError(
-            path, key, f"{value!r}: output directories are relative to the results directory (no '..', '/', '~')"
-        )
-
-
-def _check_value(path: Path, key: str, value: Any, ann: Any) -> None:
-    _check_plain(path, key, value)
-    if not _type_ok(value, ann):
-        raise SuiteError(path, key, f"must be {_type_name(ann)}, got {_show(value)}")
-
-
-def _check_plain(path: Path, key: str, value: Any) -> None:
-    """No NaN/inf and no dates anywhere: values must round-trip through JSON unchanged."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise SuiteError(path, key, f"must be a finite number, got {value!r}")
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _check_plain(path, key, item)
-    elif isinstance(value, dict):
-        for k, item in value.items():
-            _check_plain(path, f"{key}.{k}", item)
-    elif not isinstance(value, (str, int, float, bool)):
-        raise SuiteError(path, key, f"must be a number, string, boolean, list or table, got {_show(value)}")
-
-
 # -- building the cells ---------------------------------------------------------------------------------
 def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] = ()) -> Suite:
     suite_table = dict(raw.get("suite", {}))
@@ -433,21 +313,21 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
     name = suite_table.get("name", path.stem)
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise SuiteError(
-            path, "suite.name", f"{_show(name)} must be a simple name: letters, digits, _ and - (at most 64)"
+            path, "suite.name", f"{show(name)} must be a simple name: letters, digits, _ and - (at most 64)"
         )
     description = suite_table.get("description", "")
     if not isinstance(description, str):
-        raise SuiteError(path, "suite.description", f"must be a string, got {_show(description)}")
+        raise SuiteError(path, "suite.description", f"must be a string, got {show(description)}")
     mode = suite_table.get("mode", "product")
     if mode not in ("product", "zip"):
-        raise SuiteError(path, "suite.mode", f"{_show(mode)} unknown; allowed: product, zip")
+        raise SuiteError(path, "suite.mode", f"{show(mode)} unknown; allowed: product, zip")
     executor = suite_table.get("executor", {})
     if not isinstance(executor, dict):
-        raise SuiteError(path, "suite.executor", f"must be a table (e.g. {{ jobs = 2 }}), got {_show(executor)}")
-    _check_plain(path, "suite.executor", executor)
+        raise SuiteError(path, "suite.executor", f"must be a table (e.g. {{ jobs = 2 }}), got {show(executor)}")
+    check_plain(path, "suite.executor", executor)
 
     for section in CONFIG_SECTIONS:
-        _check_table(path, section, section, raw.get(section, {}), named=section in ("data", "budget"))
+        check_table(path, section, section, raw.get(section, {}), named=section in ("data", "budget"))
     per_mech = _check_mechanisms(path, raw.get("mechanisms", {}))
     overrides = _check_overrides(path, raw.get("overrides", {}))
     factors = _check_grid(path, raw, dict(raw.get("grid", {})))
@@ -475,7 +355,7 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
 def _check_plugins(path: Path, declared: Any, loaded: tuple[str | Path, ...]) -> None:
     """``[suite] plugins`` declares plugin files; they run only when the user passed them with --plugin."""
     if not isinstance(declared, list) or not all(isinstance(p, str) and p for p in declared):
-        raise SuiteError(path, "suite.plugins", f"must be a list of .py file names, got {_show(declared)}")
+        raise SuiteError(path, "suite.plugins", f"must be a list of .py file names, got {show(declared)}")
     given = set()
     for item in loaded:
         with contextlib.suppress(OSError, RuntimeError):
@@ -502,7 +382,7 @@ def _check_mechanisms(path: Path, per_mech: Mapping[str, Any]) -> dict[str, dict
     for mech, knobs in per_mech.items():
         _check_mechanism(path, f"mechanisms.{mech}", mech)
         if not isinstance(knobs, dict):
-            raise SuiteError(path, f"mechanisms.{mech}", f"must be a table of knobs, got {_show(knobs)}")
+            raise SuiteError(path, f"mechanisms.{mech}", f"must be a table of knobs, got {show(knobs)}")
         spec = get_mechanism(mech)
         parsed = {}
         for knob, value in knobs.items():
@@ -519,7 +399,7 @@ def _check_mechanisms(path: Path, per_mech: Mapping[str, Any]) -> dict[str, dict
 
 
 def _check_knob(path: Path, key: str, mech: str, knob: str, value: Any) -> Any:
-    _check_plain(path, key, value)
+    check_plain(path, key, value)
     try:
         parsed = parse_knob_value(value)
         spec = get_mechanism(mech).knobs[knob]
@@ -539,16 +419,16 @@ def _check_overrides(path: Path, overrides: Mapping[str, Any]) -> dict[str, dict
                 path, f"overrides.{name}", f"unknown mechanism or preset {name!r}; allowed: {', '.join(names)}"
             )
         if not isinstance(sections, dict):
-            raise SuiteError(path, f"overrides.{name}", f"must hold section tables, got {_show(sections)}")
+            raise SuiteError(path, f"overrides.{name}", f"must hold section tables, got {show(sections)}")
         for section, table in sections.items():
             key = f"overrides.{name}.{section}"
             if section not in CONFIG_SECTIONS:
                 raise SuiteError(path, key, f"unknown section; allowed: {', '.join(CONFIG_SECTIONS)}")
             if not isinstance(table, dict):
-                raise SuiteError(path, key, f"must be a table, got {_show(table)}")
+                raise SuiteError(path, key, f"must be a table, got {show(table)}")
             if section == "model" and "mechanism" in table:
                 raise SuiteError(path, f"{key}.mechanism", "name mechanisms in [grid] or [model], not in overrides")
-            _check_table(path, key, section, table)
+            check_table(path, key, section, table)
     return {name: dict(sections) for name, sections in overrides.items()}
 
 
@@ -558,7 +438,7 @@ def _check_grid(path: Path, raw: Mapping[str, Any], grid: Mapping[str, Any]) -> 
     for key, values in grid.items():
         gkey = f"grid.{key}"
         if not isinstance(values, list):
-            raise SuiteError(path, gkey, f"must be a list of values, got {_show(values)}")
+            raise SuiteError(path, gkey, f"must be a list of values, got {show(values)}")
         if not values:
             raise SuiteError(path, gkey, "is empty; a factor needs at least one value")
         head, _, rest = key.partition(".")
@@ -568,16 +448,16 @@ def _check_grid(path: Path, raw: Mapping[str, Any], grid: Mapping[str, Any]) -> 
         elif key == "preset":
             for value in values:
                 if not isinstance(value, str) or value not in list_presets():
-                    raise SuiteError(path, gkey, f"unknown preset {_show(value)}; allowed: {', '.join(list_presets())}")
+                    raise SuiteError(path, gkey, f"unknown preset {show(value)}; allowed: {', '.join(list_presets())}")
         elif key == "seed":
             for value in values:
                 if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-                    raise SuiteError(path, gkey, f"seeds must be non-negative integers, got {_show(value)}")
+                    raise SuiteError(path, gkey, f"seeds must be non-negative integers, got {show(value)}")
         elif key in CONFIG_SECTIONS:  # a whole section as a factor: datasets, budgets, ...
             for value in values:
                 if not isinstance(value, dict):
-                    raise SuiteError(path, gkey, f"values must be tables of [{key}] keys, got {_show(value)}")
-                _check_table(path, gkey, key, value, named=True)
+                    raise SuiteError(path, gkey, f"values must be tables of [{key}] keys, got {show(value)}")
+                check_table(path, gkey, key, value, named=True)
         elif head == "knobs" and rest and "." not in rest:
             owners = [m for m in mechanisms if rest in get_mechanism(m).knobs]
             if not owners:
@@ -587,22 +467,22 @@ def _check_grid(path: Path, raw: Mapping[str, Any], grid: Mapping[str, Any]) -> 
                 for mech in owners:
                     _check_knob(path, gkey, mech, rest, value)
         elif head in CONFIG_SECTIONS and rest and "." not in rest:
-            fields = _fields(head)
+            fields = section_fields(head)
             if rest not in fields and head != "data":
                 raise SuiteError(path, gkey, f"unknown key in [{head}]; allowed: {', '.join(sorted(fields))}")
             for value in values:
                 if rest in fields:
-                    _check_value(path, gkey, value, fields[rest])
+                    check_value(path, gkey, value, fields[rest])
                 else:
-                    _check_plain(path, gkey, value)
+                    check_plain(path, gkey, value)
                 if rest.endswith("_dir") and head != "data":
-                    _check_output_dir(path, gkey, value)
+                    check_output_dir(path, gkey, value)
         else:
             allowed = "mechanism, seed, preset, a section (" + ", ".join(CONFIG_SECTIONS) + ")"
             allowed += ", or section.field / knobs.NAME"
             raise SuiteError(path, gkey, f"unknown factor; allowed: {allowed}")
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
-            raise SuiteError(path, gkey, f"lists a value twice: {_show(values)}")
+            raise SuiteError(path, gkey, f"lists a value twice: {show(values)}")
         factors.append((key, values))
     return factors
 
@@ -649,7 +529,7 @@ def _cell_context(path: Path, combo: Mapping[str, Any]) -> Iterator[None]:
 
 def _check_mechanism(path: Path, key: str, name: Any) -> None:
     if not isinstance(name, str) or name not in list_mechanisms():
-        raise SuiteError(path, key, f"unknown mechanism {_show(name)}; allowed: {', '.join(list_mechanisms())}")
+        raise SuiteError(path, key, f"unknown mechanism {show(name)}; allowed: {', '.join(list_mechanisms())}")
 
 
 def _resolve_cell(
@@ -703,11 +583,11 @@ def _resolve_cell(
     model_table.pop("mechanism", None)
     preset = model_table.get("preset")
     if preset is not None and preset not in list_presets():
-        raise SuiteError(path, "model.preset", f"unknown preset {_show(preset)}; allowed: {', '.join(list_presets())}")
+        raise SuiteError(path, "model.preset", f"unknown preset {show(preset)}; allowed: {', '.join(list_presets())}")
     seed = combo.get("seed", sections["train"].pop("seed", 0))
     sections["train"].pop("seed", None)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise SuiteError(path, "train.seed", f"seeds must be non-negative integers, got {_show(seed)}")
+        raise SuiteError(path, "train.seed", f"seeds must be non-negative integers, got {show(seed)}")
 
     with _section(path, "model"):
         config = resolve_config(model_table)
