@@ -156,8 +156,8 @@ CASES = [
     # (dim, heads, size, knobs)
     pytest.param(8, 2, (6, 7), {}, id="standard"),
     pytest.param(8, 2, (7, 6), {"dilation": 2, "conv": "dilated"}, id="dilated"),
-    pytest.param(8, 2, (6, 5), {"kernel_size": (5, 1), "conv": "depthwise", "qk_scale": "head_dim"}, id="dw-5x1"),
-    pytest.param(8, 1, (5, 8), {"kernel_size": (1, 5), "dilation": (1, 2), "border": "masked"}, id="1x5-masked"),
+    pytest.param(8, 2, (6, 5), {"kernel": (5, 1), "conv": "depthwise", "qk_scale": "head_dim"}, id="dw-5x1"),
+    pytest.param(8, 1, (5, 8), {"kernel": (1, 5), "dilation": (1, 2), "border": "masked"}, id="1x5-masked"),
     pytest.param(8, 2, (7, 7), {"border": "inward", "activation": "none"}, id="inward"),
     pytest.param(8, 4, (6, 7), {"shift": 1}, id="shift-map"),
     pytest.param(12, 3, (5, 6), {"shift": 2, "shift_mode": "kv", "conv": "depthwise"}, id="shift-kv"),
@@ -261,7 +261,7 @@ def test_shift_reaches_far_tokens():
 # -- properties ------------------------------------------------------------------------------------------------
 PROPERTY_KNOBS = [
     {},
-    {"kernel_size": (5, 1), "dilation": 2, "conv": "dilated", "border": "masked"},
+    {"kernel": (5, 1), "dilation": 2, "conv": "dilated", "border": "masked"},
     {"shift": 1, "inter_pool": 2, "conv": "depthwise"},
     {"shift": 2, "shift_mode": "kv", "inter_pool": 3, "pool_conv": "full", "conv_bias": True},
 ]
@@ -321,15 +321,15 @@ def test_natten_forward_equals_reference_with_the_inward_border():
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 5), (2, 3), (5, 5), (9, 4)])
 def test_any_size(size):
-    for knobs in ({}, {"kernel_size": 5, "dilation": 3}, {"shift": 2, "inter_pool": 3}, {"border": "masked"}):
+    for knobs in ({}, {"kernel": 5, "dilation": 3}, {"shift": 2, "inter_pool": 3}, {"border": "masked"}):
         m = attn_zoo.create_mechanism("msa_conv", 16, 4, **knobs)
         y = m(torch.randn(2, *size, 16))
         assert y.shape == (2, *size, 16) and torch.isfinite(y).all()
 
 
 def test_clear_errors():
-    with pytest.raises(KnobError, match=r"kernel_size must be odd and >= 1 .* got \(4, 3\)"):
-        attn_zoo.create_mechanism("msa_conv", 16, 2, kernel_size=(4, 3))
+    with pytest.raises(KnobError, match=r"kernel must be odd and >= 1 .* got \(4, 3\)"):
+        attn_zoo.create_mechanism("msa_conv", 16, 2, kernel=(4, 3))
     with pytest.raises(KnobError, match="dilation must be >= 1"):
         attn_zoo.create_mechanism("msa_conv", 16, 2, dilation=0)
     with pytest.raises(KnobError, match="shift must be >= 0 pixels"):
@@ -351,8 +351,8 @@ def test_clear_errors():
 # -- MACs formula against FlopCounterMode ------------------------------------------------------------------
 MAC_CASES = [
     ({}, (14, 14)),
-    ({"kernel_size": 5, "dilation": 2, "conv": "dilated"}, (9, 13)),
-    ({"kernel_size": (5, 1), "conv": "depthwise"}, (7, 7)),
+    ({"kernel": 5, "dilation": 2, "conv": "dilated"}, (9, 13)),
+    ({"kernel": (5, 1), "conv": "depthwise"}, (7, 7)),
     ({"shift": 1, "inter_pool": 2}, (14, 14)),
     ({"inter_pool": 2, "pool_conv": "full"}, (9, 13)),
     ({"inter_pool": 3, "shift": 2, "shift_mode": "kv", "qkv_bias": False, "conv_bias": True}, (10, 8)),

@@ -74,7 +74,7 @@ class MSAConv(Mixer):
     is applied to the full-resolution map before the padding and pooling.
 
     Args:
-        kernel_size: attention window and conv kernel ``k`` or ``(k_h, k_w)``, odd (e.g. 3, (5, 1), (1, 5)).
+        kernel: attention window and conv kernel ``k`` or ``(k_h, k_w)``, odd (e.g. 3, (5, 1), (1, 5)).
         dilation: attention dilation ``d`` or ``(d_h, d_w)``; also the conv's dilation with ``conv="dilated"``.
         conv: the convolution's own weights: "standard" (dense C -> C, dilation 1; the official class at any
             attention dilation), "dilated" (dense, dilation d), "depthwise" (groups = C, dilation 1).
@@ -103,7 +103,7 @@ class MSAConv(Mixer):
         num_heads: int,
         *,
         feat_size: tuple[int, int] | None = None,
-        kernel_size: int | tuple[int, int] = 3,
+        kernel: int | tuple[int, int] = 3,
         dilation: int | tuple[int, int] = 1,
         conv: Literal["standard", "dilated", "depthwise"] = "standard",
         border: Literal["zero", "masked", "inward"] = "zero",
@@ -118,10 +118,8 @@ class MSAConv(Mixer):
         pool_conv: Literal["depthwise", "full"] = "depthwise",
     ):
         super().__init__(dim, num_heads, feat_size=feat_size)
-        self.validate_knobs(
-            {"kernel_size": kernel_size, "dilation": dilation, "shift": shift, "inter_pool": inter_pool}
-        )
-        self.kernel, self.dil = _pair(kernel_size), _pair(dilation)
+        self.validate_knobs({"kernel": kernel, "dilation": dilation, "shift": shift, "inter_pool": inter_pool})
+        self.kernel, self.dil = _pair(kernel), _pair(dilation)
         self.conv_kind, self.border, self.residual = conv, border, residual
         self.shift, self.shift_mode, self.inter_pool = shift, shift_mode, inter_pool
         self.scale = dim**-0.5 if qk_scale == "official" else self.head_dim**-0.5
@@ -139,11 +137,11 @@ class MSAConv(Mixer):
 
     @classmethod
     def validate_knobs(cls, knobs: Mapping[str, Any]) -> None:
-        kernel = _pair(knobs.get("kernel_size", 3))
+        kernel = _pair(knobs.get("kernel", 3))
         if any(k < 1 or k % 2 == 0 for k in kernel):
             raise KnobError(
-                f"mechanism 'msa_conv': kernel_size must be odd and >= 1 on both axes (a centred window), "
-                f"got {knobs['kernel_size']}"
+                f"mechanism 'msa_conv': kernel must be odd and >= 1 on both axes (a centred window), "
+                f"got {knobs['kernel']}"
             )
         if any(d < 1 for d in _pair(knobs.get("dilation", 1))):
             raise KnobError(f"mechanism 'msa_conv': dilation must be >= 1, got {knobs['dilation']}")

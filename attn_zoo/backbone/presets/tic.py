@@ -18,8 +18,8 @@ from attn_zoo.registry import PerStage
 @register_preset("tic", "Ours (no published TiC model): MSA-Conv 3x3, C=64, depths 2-2-6-2, heads 2-4-8-16")
 def tic() -> ModelConfig:
     pool = PerStage((2, 2, 1, 1))
-    plain = MixerSpec("msa_conv", {"kernel_size": 3, "inter_pool": pool})
-    shifted = MixerSpec("msa_conv", {"kernel_size": 3, "inter_pool": pool, "shift": 1})
+    plain = MixerSpec("msa_conv", {"kernel": 3, "inter_pool": pool})
+    shifted = MixerSpec("msa_conv", {"kernel": 3, "inter_pool": pool, "shift": 1})
     return ModelConfig(
         name="tic",
         img_size=224,
