@@ -54,6 +54,7 @@ import attn_zoo
 from attn_zoo.backbone.config import MixerSpec, ModelConfig, parse_knob_value
 from attn_zoo.backbone.presets import list_presets, resolve_config
 from attn_zoo.errors import AttnZooError
+from attn_zoo.measure.profile import MEASURE_DEFAULTS, resolve_measure  # noqa: F401 (re-exported)
 from attn_zoo.registry import get_mechanism, list_mechanisms, load_plugin_file
 from attn_zoo.train.budget import Budget
 from attn_zoo.train.data import DataConfig
@@ -66,15 +67,6 @@ else:  # pragma: no cover
 
 SECTIONS = ("suite", "model", "data", "train", "budget", "measure", "grid", "mechanisms")
 SUITE_KEYS = ("name", "description", "mode", "include", "plugins", "executor")
-MEASURE_DEFAULTS = {
-    "latency": True,
-    "batch_size": 1,
-    "warmup": 3,
-    "repeats": 10,
-    "threads": 0,
-    "device": "cpu",
-    "count": True,
-}
 GRID_TARGETS = ("model", "data", "train", "budget", "measure", "knobs")
 MAX_CELLS = 100_000
 
@@ -324,13 +316,8 @@ def _resolve_cell(
         train = TrainConfig.from_dict(sections["train"]) if raw.get("train") is not None else None
     with _section(path, "budget"):
         budget = Budget(**sections["budget"]) if sections["budget"] else Budget()
-    measure = {**MEASURE_DEFAULTS, **sections["measure"]}
-    unknown = set(measure) - set(MEASURE_DEFAULTS)
-    if unknown:
-        raise SuiteError(path, f"measure.{sorted(unknown)[0]}", f"unknown key; allowed: {', '.join(MEASURE_DEFAULTS)}")
-    for key, default in MEASURE_DEFAULTS.items():
-        if type(measure[key]) is not type(default):
-            raise SuiteError(path, f"measure.{key}", f"must be {type(default).__name__}, got {measure[key]!r}")
+    with _section(path, "measure"):
+        measure = resolve_measure(sections["measure"])
     if train is not None and data is None:
         raise SuiteError(path, "data", 'training needs a [data] section (e.g. source = "synthetic")')
     return {
