@@ -163,6 +163,20 @@ def test_flex_attention_counts_only_the_pairs_its_mask_keeps():
     assert dense == 2 * heads * n * n * (d + d)
 
 
+def test_flex_masks_too_large_to_enumerate_count_the_computed_blocks(monkeypatch):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    import attn_zoo.measure.counting as counting
+
+    n = 512
+    block_mask = create_block_mask(banded, None, None, n, n, device="cpu")  # 128-blocks: the diagonal band
+    exact = flex_kept_fraction(block_mask.as_tuple(), 1, 1, torch.device("cpu"))
+    monkeypatch.setattr(counting, "FLEX_EXACT_MAX_PAIRS", 0)
+    blocks = flex_kept_fraction(block_mask.as_tuple(), 1, 1, torch.device("cpu"))
+    computed = (4 + 2 * 3) * 128 * 128  # 4 diagonal and 6 off-diagonal 128x128 blocks hold band pairs
+    assert exact < blocks == computed / n**2
+
+
 def test_natten_formulas_from_tensor_shapes():
     """natten's fused ops (CUDA builds only) get prod(kernel) keys per query, whatever the tensor layout."""
     q = torch.empty(2, 8, 8, 3, 16)  # (B, H, W, heads, d)

@@ -101,3 +101,26 @@ def test_cuda_timing_uses_events():  # pragma: no cover - needs CUDA
     x = torch.randn(512, 512, device="cuda")
     result = measure_latency(lambda: x @ x, device="cuda", warmup=2, repeats=5)
     assert result["repeats"] == 5 and result["median_ms"] > 0
+
+
+def test_repeatability_compares_runs_of_the_same_cell():
+    import pandas as pd
+
+    from attn_zoo.measure.latency import repeatability
+
+    def row(label, median, iqr, half):
+        return {
+            "label": label,
+            "img_size": 224,
+            "latency_fwd_median_ms": median,
+            "latency_fwd_iqr_ms": iqr,
+            "latency_fwd_ci_low_ms": median - half,
+            "latency_fwd_ci_high_ms": median + half,
+        }
+
+    frame = pd.DataFrame([row("a", 10.0, 1.0, 0.2), row("a", 10.5, 0.8, 0.2), row("b", 10.0, 0.1, 0.1),
+                          row("b", 11.0, 0.1, 0.1), row("c", 5.0, 1.0, 1.0)])  # fmt: skip
+    table = repeatability(frame).set_index("label")
+    assert list(table.index) == ["a", "b"]  # c ran once
+    assert bool(table.loc["a", "within_iqr"]) and not bool(table.loc["a", "within_ci"])
+    assert not bool(table.loc["b", "within_iqr"]) and table.loc["b", "max_diff_ms"] == 1.0

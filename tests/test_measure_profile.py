@@ -158,3 +158,18 @@ def test_environment_names_versions_device_threads_dtype_commit():
     for key in ("torch", "timm", "natten", "xformers", "device", "device_name", "threads", "dtype", "commit"):
         assert key in env
     assert env["dtype"] == "bfloat16" and env["threads"] == torch.get_num_threads() and env["device"] == "cpu"
+
+
+@pytest.mark.skipif(not reset_peak_rss(), reason="needs Linux's resettable peak RSS")
+def test_largest_batch_under_a_memory_cap():
+    from attn_zoo.measure.profile import max_batch_throughput
+    from attn_zoo.measure.steps import StepOptions
+
+    model = tiny()
+    spec = resolve_measure({"max_batch_mem_mb": 1e6, "warmup": 0, "repeats": 1})
+    options = StepOptions(batch=1, img_size=32, num_classes=10)
+    out = max_batch_throughput(model, options, torch.device("cpu"), spec, limit=4)
+    assert out["max_batch"] == 4 and out["throughput_max_batch_img_s"] > 0 and out["peak_mem_max_batch_mb"] > 0
+    spec = resolve_measure({"max_batch_mem_mb": 1e-3})
+    with pytest.warns(RuntimeWarning, match="batch 1 already exceeds max_batch_mem_mb"):
+        assert max_batch_throughput(model, options, torch.device("cpu"), spec) == {"max_batch": 0.0}

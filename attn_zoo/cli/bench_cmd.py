@@ -24,7 +24,7 @@ from attn_zoo.cli._format import print_json, table
 from attn_zoo.errors import AttnZooError, ConfigError, UnknownNameError
 from attn_zoo.measure.environment import environment
 from attn_zoo.measure.memory import METHODS
-from attn_zoo.measure.profile import measure_model, resolve_measure
+from attn_zoo.measure.profile import is_oom, measure_model, resolve_measure
 from attn_zoo.measure.steps import DTYPES, MODES
 from attn_zoo.registry import list_mechanisms
 
@@ -178,14 +178,15 @@ def run(args: argparse.Namespace) -> int:
             status, reason, metrics, backends = "ok", None, {}, []
             try:
                 torch.manual_seed(0)
-                model = Backbone(config)
+                model = Backbone(config).to(args.device)
                 metrics = measure_model(model, config, measure, torch.device(args.device))
                 backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
-            except AttnZooError:
+            except AttnZooError as exc:  # a user error (e.g. a backend this machine lacks): stop, say why
+                if store is not None:
+                    store.finish_cell(cell_id, "failed", {}, f"{type(exc).__name__}: {exc}")
                 raise
             except Exception as exc:  # one cell's failure (e.g. out of memory) is recorded, the others run
-                oom = isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
-                status, reason = ("oom" if oom else "failed"), f"{type(exc).__name__}: {exc}"
+                status, reason = ("oom" if is_oom(exc) else "failed"), f"{type(exc).__name__}: {exc}"
                 failed += 1
                 print(f"  {status}: {reason}\n{traceback.format_exc(limit=2)}", file=sys.stderr)
             metrics["cell_wall_s"] = time.perf_counter() - start

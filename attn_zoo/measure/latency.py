@@ -157,3 +157,40 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
         "ci_rel": (high - low) / 2 / median if median > 0 else 0.0,
         "repeats": float(len(times)),
     }
+
+
+def repeatability(frame, mode: str = "fwd", by: tuple[str, ...] = ("label", "img_size", "device")):
+    """Do repeated runs of the same cell agree within their reported spread?
+
+    ``frame`` is a store's frame (``Store.frame()``) holding several rows of the same configuration (e.g.
+    ``attn-zoo bench`` run twice). Per group of ``by``: the runs' medians, the largest difference between
+    two of them, the largest reported IQR and CI half-width, and ``within_iqr`` / ``within_ci``: whether
+    every pair of medians differs by less than the larger of the two rows' IQR (resp. the sum of their CI
+    half-widths, i.e. the intervals overlap).
+    """
+    import pandas as pd
+
+    prefix = f"latency_{mode}_"
+    needed = [f"{prefix}{k}" for k in ("median_ms", "iqr_ms", "ci_low_ms", "ci_high_ms")]
+    by = [c for c in by if c in frame.columns]
+    records = []
+    for keys, group in frame.dropna(subset=needed).groupby(by, sort=True):
+        if len(group) < 2:
+            continue
+        med = group[needed[0]].to_numpy()
+        iqr = group[needed[1]].to_numpy()
+        half = ((group[needed[3]] - group[needed[2]]) / 2).to_numpy()
+        pairs = [(i, j) for i in range(len(med)) for j in range(i + 1, len(med))]
+        records.append(
+            {
+                **dict(zip(by, keys if isinstance(keys, tuple) else (keys,))),
+                "runs": len(group),
+                "medians_ms": ", ".join(f"{m:.2f}" for m in med),
+                "max_diff_ms": max(abs(med[i] - med[j]) for i, j in pairs),
+                "max_iqr_ms": float(iqr.max()),
+                "max_ci_half_ms": float(half.max()),
+                "within_iqr": all(abs(med[i] - med[j]) <= max(iqr[i], iqr[j]) for i, j in pairs),
+                "within_ci": all(abs(med[i] - med[j]) <= half[i] + half[j] for i, j in pairs),
+            }
+        )
+    return pd.DataFrame.from_records(records)

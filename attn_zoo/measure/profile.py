@@ -146,6 +146,14 @@ def validate_measure(spec: Mapping[str, Any]) -> None:
         raise bad("target_ci", "must be in [0, 1) (0.02 = +-2% of the median)")
 
 
+def is_oom(exc: BaseException) -> bool:
+    """An allocation failure: CUDA's, the CPU allocator's, or Python's MemoryError."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(
+        m in text for m in ("out of memory", "can't allocate memory", "cannot allocate memory")
+    )
+
+
 def _check_device(device: torch.device) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"measure.device = {str(device)!r}, but torch sees no CUDA device here")
@@ -173,6 +181,7 @@ def measure_model(
 ) -> dict[str, float]:
     """Everything ``measure_spec`` asks for, as ``{metric: number}`` (names in :data:`METRIC_DOCS`).
 
+    ``model`` is on ``device`` already (counting and the ERF run it in place; everything else on copies).
     ``config`` is the model's :class:`~attn_zoo.backbone.config.ModelConfig` (img_size, in_chans,
     num_classes, patch_size; the memory worker rebuilds the model from it). With ``erf`` on and an
     ``artifact_dir``, the ERF map is saved there as ``erf_untrained.npy`` and named in ``artifacts``.
@@ -231,7 +240,8 @@ def measure_model(
         metrics.update(max_batch_throughput(model, options, device, spec))
 
     if spec["efficiency"] and "fwd" in latencies and "flops" in metrics:
-        peak = matmul_peak_gflops(device, spec["dtype"])
+        # with autocast the matmuls run in bfloat16: compare with that peak
+        peak = matmul_peak_gflops(device, "bfloat16" if spec["amp"] else spec["dtype"])
         metrics.update(efficiency(metrics["flops"], options.batch, latencies["fwd"]["median_ms"], peak))
 
     if spec["erf"]:
@@ -328,7 +338,7 @@ def max_batch_throughput(
         try:
             peak = call_peak_mb(model, "fwd", trial, device, calls=1)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-            if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and "out of memory" not in str(exc).lower():
+            if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and not is_oom(exc):
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()

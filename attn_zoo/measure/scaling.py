@@ -31,6 +31,7 @@ DEFAULT_METRICS = (
     "macs",
     "attention_macs",
     "latency_fwd_median_ms",
+    "latency_fwd_min_ms",  # robust to other load on the machine (noise only adds time)
     "latency_train_median_ms",
     "peak_mem_fwd_mb",
     "act_mem_fwd_mb",
