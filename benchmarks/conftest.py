@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    import torch
-
     from attn_zoo.measure.environment import environment
 
     env = environment("cpu")
-    machine_info["attn_zoo"] = {k: env[k] for k in ("commit", "torch", "timm", "natten", "cpu", "cpu_capability")}
-    machine_info["attn_zoo"]["torch_threads"] = torch.get_num_threads()
+    info = {k: env[k] for k in ("commit", "torch", "timm", "natten", "cpu", "cpu_count", "cpu_capability")}
+    info["bench_threads"] = int(os.environ.get("ATTN_ZOO_BENCH_THREADS", "2"))  # what bench_mechanisms.py uses
+    info["load_avg_1m"] = env["load_avg_1m"]  # above cpu_count: other work shared the CPU
+    machine_info["attn_zoo"] = info

@@ -79,6 +79,7 @@ def environment(device: str | torch.device = "cpu", dtype: torch.dtype | str = t
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "dtype": dtype_name,
+        "load_avg_1m": cpu_load(),
     }
     if device.type == "cuda":  # pragma: no cover - needs CUDA
         props = torch.cuda.get_device_properties(device)
@@ -90,6 +91,14 @@ def environment(device: str | torch.device = "cpu", dtype: torch.dtype | str = t
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
         )
     return env
+
+
+def cpu_load() -> float | None:
+    """The 1-minute load average: above the number of cores, other work shares the CPU with a measurement."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not on Windows
+        return None
 
 
 def _cpu_capability() -> str | None:

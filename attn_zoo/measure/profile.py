@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import ConfigError
+from attn_zoo.layers.stems import stem_out_size
 from attn_zoo.measure.counting import analytic_attention_macs, count_model
 from attn_zoo.measure.efficiency import efficiency, matmul_peak_gflops
+from attn_zoo.measure.environment import cpu_load
 from attn_zoo.measure.erf import measure_erf
 from attn_zoo.measure.latency import LATENCY_KEYS, measure_latency
 from attn_zoo.measure.memory import METHODS, call_peak_mb, measure_memory, weights_mb
@@ -66,7 +68,7 @@ METRIC_DOCS: dict[str, str] = {
     "attention_macs": "the part of macs inside the token mixers and their stage contexts (counted)",
     "attention_macs_formula": "the mechanisms' declared formulas summed over the model (analytic)",
     "fvcore_macs": "fvcore's count (skips fused attention: a cross-check, not the number)",
-    "tokens": "tokens of the first stage, (img_size / patch) ** 2",
+    "tokens": "tokens of the first stage (the stem's output grid, about (img_size / patch) ** 2)",
     "latency_{mode}_median_ms": "median time of one call of the mode at batch_size",
     "latency_{mode}_iqr_ms": "interquartile range of the timed calls",
     "latency_{mode}_p95_ms": "95th percentile",
@@ -80,6 +82,7 @@ METRIC_DOCS: dict[str, str] = {
     "latency_{mode}_converged": "1 when the CI target was met, 0 when the time cap or max_repeats stopped it",
     "latency_{mode}_warmup": "untimed calls made first",
     "latency_median_ms": "alias of latency_fwd_median_ms (the report's latency column)",
+    "cpu_load_1m": "the machine's 1-minute load average when timing started (above its core count: shared CPU)",
     "compile_s": "seconds of the first (compiling) call, with compile = true",
     "throughput_img_s": "images per second of the forward pass at batch_size",
     "throughput_train_img_s": "images per second of the training step at batch_size",
@@ -201,7 +204,8 @@ def measure_model(
         channels_last=spec["channels_last"],
         compile=spec["compile"],
     )
-    metrics: dict[str, float] = {"tokens": float((config.img_size // config.patch_size) ** 2)}
+    grid = stem_out_size(config.stem, (config.img_size, config.img_size), config.patch_size)
+    metrics: dict[str, float] = {"tokens": float(grid[0] * grid[1])}
 
     if spec["count"]:
         counts = count_model(model, config.img_size, in_chans=config.in_chans, device=device, fvcore=spec["fvcore"])
@@ -212,6 +216,9 @@ def measure_model(
             warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
 
     latencies: dict[str, dict[str, float]] = {}
+    load = cpu_load()
+    if load is not None and any(spec[flag] for flag in _LATENCY_MODES):
+        metrics["cpu_load_1m"] = load  # other work on the machine shows here, and in the spread
     for flag, mode in _LATENCY_MODES.items():
         if spec[flag]:
             latencies[mode] = time_mode(model, mode, options, device, spec)
