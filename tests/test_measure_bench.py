@@ -73,3 +73,11 @@ def test_bench_user_errors_are_one_line(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     assert not (tmp_path / "s.sqlite").exists()  # nothing written before the arguments are known good
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_bench_on_cuda_without_cuda_is_a_one_line_error(capsys, tmp_path):
+    assert main(["bench", "global", "--device", "cuda", "--store", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: torch sees no CUDA device here; allowed: cpu" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.sqlite").exists()

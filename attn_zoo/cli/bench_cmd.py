@@ -93,6 +93,11 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
         bad = [v for v in values if v < (8 if flag == "--img-size" else 1)]
         if bad:
             raise ConfigError(f"{flag} {bad[0]} too small; allowed: >= {8 if flag == '--img-size' else 1}")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {args.device}: torch sees no CUDA device here; allowed: cpu")
     knobs = _knobs(args.knob)
     if knobs and not any(t in mechanisms for t in args.targets):
         raise ConfigError("--knob applies to mechanism targets; none given")

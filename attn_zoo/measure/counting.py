@@ -314,7 +314,8 @@ def analytic_attention_macs(model: nn.Module, img_size: int | tuple[int, int]) -
     try:
         was_training = model.training
         with torch.no_grad():
-            model.eval()(torch.zeros(1, model.config.in_chans, h, w))
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            model.eval()(torch.zeros(1, model.config.in_chans, h, w, device=device))
         model.train(was_training)
     finally:
         for hook in hooks:
