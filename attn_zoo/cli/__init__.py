@@ -12,7 +12,7 @@ import sys
 
 from attn_zoo.errors import AttnZooError
 
-COMMANDS = ("list", "count", "run", "results", "report", "compare")
+COMMANDS = ("list", "count", "run", "results", "report", "compare", "bench")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -23,9 +23,8 @@ import torch
 
 from attn_zoo.backbone.config import ModelConfig
 from attn_zoo.backbone.harness import Backbone
-from attn_zoo.measure.counting import count_model
 from attn_zoo.measure.environment import environment
-from attn_zoo.measure.latency import measure_latency
+from attn_zoo.measure.profile import measure_after_training, measure_model
 from attn_zoo.train.budget import Budget, match_budget
 from attn_zoo.train.data import DataConfig, create_loaders
 from attn_zoo.train.recipe import Diverged, TrainConfig, train
@@ -71,15 +70,7 @@ def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None 
 
     seed_everything(spec["seed"])
     model = Backbone(config).to(device)
-    if measure.get("count", True):
-        metrics.update(count_model(model, config.img_size, in_chans=config.in_chans, device=device))
-    if measure.get("latency", True):
-        model.eval()
-        x = torch.randn(measure["batch_size"], config.in_chans, config.img_size, config.img_size, device=device)
-        with torch.no_grad():
-            lat = measure_latency(lambda: model(x), device=device, warmup=measure["warmup"], repeats=measure["repeats"])
-        metrics.update({f"latency_{k}": v for k, v in lat.items()})
-        metrics["throughput_img_s"] = 1e3 * measure["batch_size"] / lat["median_ms"]
+    metrics.update(measure_model(model, config, measure, device))
     backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
 
     status, reason = "ok", None
@@ -88,6 +79,7 @@ def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None 
         model = Backbone(config)
         try:
             metrics.update(train(model, loaders[0], loaders[1], train_cfg, device=device))
+            metrics.update(measure_after_training(model, config, measure, device, images=loaders[1]))
         except Diverged as exc:
             status, reason = "diverged", str(exc)
             metrics["diverged_step"] = exc.step
@@ -96,7 +88,7 @@ def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None 
         "status": status,
         "reason": reason,
         "metrics": metrics,
-        "environment": environment(device),
+        "environment": environment(device, measure.get("dtype", "float32")),
         "backends": backends,
         "model": config.to_dict(),
         "budget_message": match.message,

@@ -77,6 +77,7 @@ from attn_zoo.grid.checks import (
     section_fields,
     show,
 )
+from attn_zoo.measure.profile import MEASURE_DEFAULTS, resolve_measure  # noqa: F401 (re-exported)
 from attn_zoo.registry import PerStage, get_mechanism, list_mechanisms
 from attn_zoo.train.budget import Budget
 from attn_zoo.train.data import DataConfig
@@ -90,15 +91,6 @@ else:  # pragma: no cover
 SECTIONS = ("suite", "model", "data", "train", "budget", "measure", "grid", "mechanisms", "overrides")
 CONFIG_SECTIONS = ("model", "data", "train", "budget", "measure")
 SUITE_KEYS = ("name", "description", "mode", "include", "executor", "plugins")
-MEASURE_DEFAULTS = {
-    "latency": True,
-    "batch_size": 1,
-    "warmup": 3,
-    "repeats": 10,
-    "threads": 0,
-    "device": "cpu",
-    "count": True,
-}
 GRID_TARGETS = ("model", "data", "train", "budget", "measure", "knobs")
 MAX_CELLS = 10_000
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -600,7 +592,8 @@ def _resolve_cell(
         train = TrainConfig.from_dict(sections["train"]) if raw.get("train") is not None else None
     with _section(path, "budget"):
         budget = Budget(**sections["budget"]) if sections["budget"] else Budget()
-    measure = {**MEASURE_DEFAULTS, **sections["measure"]}
+    with _section(path, "measure"):
+        measure = resolve_measure(sections["measure"])
     if train is not None and data is None:
         raise SuiteError(path, "data", 'training needs a [data] section (e.g. source = "synthetic")')
     return {

@@ -55,8 +55,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def environment(device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32) -> dict[str, Any]:
+    """Everything a measurement depends on besides the model: versions, machine, device, threads, dtype, commit."""
     device = torch.device(device)
+    dtype_name = str(dtype).replace("torch.", "")
     env = {
         "attn_zoo": attn_zoo.__version__,
         "commit": git_commit(),
@@ -65,13 +67,42 @@ def environment(device: str | torch.device = "cpu", dtype: torch.dtype = torch.f
         "timm": _version("timm"),
         "natten": _version("natten"),
         "xformers": _version("xformers"),
+        "fvcore": _version("fvcore"),
+        "numpy": _version("numpy"),
         "platform": platform.platform(),
         "hostname": platform.node(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_capability": _cpu_capability(),
         "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name,
+        "load_avg_1m": cpu_load(),
     }
+    if device.type == "cuda":  # pragma: no cover - needs CUDA
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            device_memory_mb=props.total_memory / 2**20,
+            device_capability=f"{props.major}.{props.minor}",
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
     return env
+
+
+def cpu_load() -> float | None:
+    """The 1-minute load average: above the number of cores, other work shares the CPU with a measurement."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not on Windows
+        return None
+
+
+def _cpu_capability() -> str | None:
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):  # pragma: no cover - old torch
+        return None
