@@ -161,15 +161,15 @@ def run(args: argparse.Namespace) -> int:
     from attn_zoo.backbone.config import ModelConfig
     from attn_zoo.backbone.harness import Backbone
     from attn_zoo.grid.store import Store
-    from attn_zoo.grid.suite import cell_hash
+    from attn_zoo.grid.suite import Cell
 
     cells = build_cells(args)
     store = None if args.no_store else Store(args.store)
     command = "attn-zoo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    ids = [cell_hash(c) for c in cells]
+    ids = [Cell(c).cell_id for c in cells]
     run_id = None
     if store is not None:
-        store.register_cells("bench", [(i, c["label"], c["mechanism"], 0, c) for i, c in zip(ids, cells)])
+        store.register_cells("bench", [Cell(c) for c in cells])
         run_id = store.start_run("bench", "", "", command, environment(args.device, args.dtype))
     rows, failed = [], 0
     try:
