@@ -62,7 +62,7 @@ def test_refuses_to_overwrite(tmp_path, capsys):
 @pytest.mark.slow
 def test_scaffold_installs_lists_and_passes_the_kit(tmp_path, capsys):
     assert main(["new", "my_attn", "--dir", str(tmp_path)]) == 0
-    assert "pip install -e ." in capsys.readouterr().out
+    assert 'pip install -e ".[test]"' in capsys.readouterr().out
     project = tmp_path / "attn-zoo-my-attn"
     files = sorted(p.relative_to(project).as_posix() for p in project.rglob("*") if p.is_file())
     assert files == [

@@ -76,9 +76,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"created {root}/")
     for path in written:
         print(f"  {path.relative_to(root)}")
-    print(
-        f"\nnext:\n  cd {root}\n  pip install -e .\n  attn-zoo list\n  pytest\n  attn-zoo check {args.name}\n"
-        f"  attn-zoo run compare.toml --out results\n"
-        f"  attn-zoo report results/{args.name}_vs_baselines.sqlite"
-    )
+    steps = [
+        f"cd {root}",
+        'pip install -e ".[test]"',
+        "attn-zoo list",
+        "pytest",
+        f"attn-zoo check {args.name}",
+        "attn-zoo run compare.toml --out results",
+        f"attn-zoo report results/{args.name}_vs_baselines.sqlite",
+    ]
+    print("\nnext:\n" + "\n".join(f"  {step}" for step in steps))
     return 0
