@@ -500,8 +500,9 @@ def check_harness(s: Subject) -> str:
         if missing:
             raise Failure(
                 f"inside the harness {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} get no gradient",
-                "every parameter of the mixer and of its per-stage context must affect the output; a context "
-                "forward ignores means: read `context` in forward, or return None from build_context",
+                "every parameter of the mixer and of its per-stage context must affect the output: use it in "
+                "forward or delete it; for a context module, read `context` in forward or return None from "
+                "build_context",
             )
         model.eval()
         with torch.no_grad():
