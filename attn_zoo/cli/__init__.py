@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"attn_zoo.cli.{name}_cmd")
         module.add_parser(sub)
     for name in PLUGIN_COMMANDS:
+        if "--plugin" in sub.choices[name]._option_string_actions:
+            continue  # the command declares its own
         # a different dest: argparse lets a subparser's defaults overwrite the main parser's values
         sub.choices[name].add_argument(
             "--plugin", dest="command_plugins", action="append", default=[], metavar="FILE", help=_PLUGIN_HELP
