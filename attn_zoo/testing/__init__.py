@@ -20,7 +20,8 @@ The checks (:data:`CHECKS`):
 - ``sizes``: odd, tiny (1x1, 2x2) and non-multiple maps give the right shape, or an ``AttnZooError`` naming the
   mechanism (a raw ``RuntimeError`` / ``IndexError`` is a failure).
 - ``batch``: a batch of 3 equals its images one at a time.
-- ``gradients``: every parameter (and the per-stage context's) and the input get finite, nonzero gradients.
+- ``gradients``: at a 16x16 map, every parameter (and the per-stage context's) and the input get finite, nonzero
+  gradients.
 - ``determinism``: the same seed builds the same parameters; the same input twice gives bitwise the same output.
 - ``macs``: the declared ``attention_macs(H, W)`` is within 1% of ``FlopCounterMode``, alone and in a harness.
 - ``dtypes``: float32 and bfloat16 run, stay finite, keep the input's dtype; bfloat16 within 5% of float32.

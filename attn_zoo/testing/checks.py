@@ -25,6 +25,8 @@ from attn_zoo.testing.kit import BASE_SIZE, Failure, Subject, check, describe, r
 SHAPE_SIZES = (BASE_SIZE, (8, 12))  # a non-square map catches swapped H and W
 ODD_SIZES = ((1, 1), (2, 2), (3, 5), (7, 7), (13, 11), (6, 17))  # tiny, odd, no multiple of common windows
 MACS_SIZES = (BASE_SIZE, (7, 9))
+# the zoo_s32 stage-0 map: mechanisms that pool keys (SSA's r_n = 8) keep more than one key, so q and k matter
+GRAD_SIZE = (16, 16)
 MACS_TOLERANCE = 0.01
 BF16_TOLERANCE = 0.05  # relative L2 distance of the bfloat16 output from float32 (8-bit mantissa: ~0.4% per op)
 HARNESS = {"dims": (24, 48, 96, 192), "heads": (3, 6, 12, 24), "img_size": 32}
@@ -220,9 +222,9 @@ def check_gradients(s: Subject) -> str:
     """Backward from a random projection of the output reaches every parameter (nonzero) and the input."""
     count = 0
     for occ in s.occurrences:
-        mixer, ctx = s.build(BASE_SIZE, occ)
+        mixer, ctx = s.build(GRAD_SIZE, occ)
         _jitter(mixer, ctx)
-        x = s.inputs().requires_grad_(True)
+        x = s.inputs(GRAD_SIZE).requires_grad_(True)
         out = run(mixer, ctx, x)
         g = torch.Generator().manual_seed(2)
         (out * torch.randn(out.shape, generator=g)).sum().backward()
@@ -256,7 +258,7 @@ def check_gradients(s: Subject) -> str:
                 f"the output does not depend on the input{s.label(occ)}",
                 "mix the input tokens (x), not only parameters",
             )
-    return f"all {count} parameters and the input get finite, nonzero gradients"
+    return f"all {count} parameters and the input get finite, nonzero gradients at {_size(GRAD_SIZE)}"
 
 
 @check("determinism", "forward must be a pure function of the input, the parameters and the buffers")
