@@ -14,7 +14,7 @@ import attn_zoo
 from attn_zoo import registry
 from attn_zoo.cli import main
 from attn_zoo.errors import ConfigError, UnknownNameError
-from attn_zoo.grid import Store, SuiteError, load_suite, run_suite
+from attn_zoo.grid import Store, SuiteError, load_suite
 from attn_zoo.registry import PLUGINS_ENV, isolated_registry, load_entry_points, load_plugin_file, plugin_errors
 
 # a minimal mechanism, as a plugin author would write it (decorated: usable from a file or an entry point)
@@ -178,23 +178,27 @@ def test_cli_broken_plugin_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_suite_plugins_key(tmp_path):
-    write(tmp_path / "suite_plugin.py", SCALE.format(name="scale_suite"))
-    write(tmp_path / "broken.py", "1 / 0\n")
+def test_suite_declares_plugin_files_and_the_command_line_loads_them(tmp_path, capsys):
+    """A suite's [suite] plugins only declares files (suite files never run code); --plugin loads them, given
+    before or after `run`, and a broken one is one error line naming it."""
+    plugin = write(tmp_path / "suite_plugin.py", SCALE.format(name="scale_suite"))
+    broken = write(tmp_path / "broken.py", "1 / 0\n")
     suite = tmp_path / "s.toml"
     body = '[model]\npreset = "zoo_s32"\n[budget]\nmetric = "none"\n[grid]\nmechanism = ["scale_suite", "global"]\n'
     suite.write_text('[suite]\nplugins = ["suite_plugin.py"]\n' + body)
-    assert [c.mechanism for c in load_suite(suite).cells] == ["scale_suite", "global"]
-    suite.write_text('[suite]\nplugins = ["broken.py"]\n' + body)
-    with pytest.raises(
-        SuiteError, match=r"\[suite.plugins\] plugin file .*broken.py' failed to load: ZeroDivisionError"
-    ):
+    with pytest.raises(SuiteError, match=r"needs the plugin file 'suite_plugin\.py'"):
         load_suite(suite)
+    load_plugin_file(plugin)
+    assert [c.mechanism for c in load_suite(suite, plugins=(plugin,)).cells] == ["scale_suite", "global"]
+    assert main(["--plugin", str(broken), "run", str(suite), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"plugin file {str(broken)!r} failed to load: ZeroDivisionError" in err and err.count("\n") == 1
 
 
-def test_plugin_file_mechanism_runs_in_a_worker_process(tmp_path):
-    """The cells of `attn-zoo run` run in fresh processes: they load the suite's plugin files too."""
-    write(tmp_path / "worker_plugin.py", SCALE.format(name="scale_worker"))
+def test_plugin_file_mechanism_runs_in_a_worker_process(tmp_path, capsys):
+    """The cells of `attn-zoo run` run in fresh processes: they load the plugin files of the command line too
+    (here given before the command name, for a suite that declares the file)."""
+    plugin = write(tmp_path / "worker_plugin.py", SCALE.format(name="scale_worker"))
     suite = tmp_path / "w.toml"
     suite.write_text(
         textwrap.dedent(
@@ -215,9 +219,11 @@ def test_plugin_file_mechanism_runs_in_a_worker_process(tmp_path):
             """
         )
     )
-    summary = run_suite(load_suite(suite), tmp_path / "w.sqlite", progress=False)
-    assert summary.ok == 1, Store(tmp_path / "w.sqlite").cells()[0]["reason"]
-    row = Store(tmp_path / "w.sqlite").frame().iloc[0]
+    argv = ["--plugin", str(plugin), "run", str(suite), "--out", str(tmp_path), "--no-progress", "--no-plots"]
+    assert main(argv) == 0, capsys.readouterr().err
+    store = Store(tmp_path / "w.sqlite")
+    assert store.counts() == {"ok": 1}, store.cells()[0]["reason"]
+    row = store.frame().iloc[0]
     assert row["mechanism"] == "scale_worker" and row["attention_macs"] == 0 and row["params"] > 0
 
 

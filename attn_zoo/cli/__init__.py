@@ -26,15 +26,17 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attn-zoo", description="Benchmark vision-transformer attention mechanisms.")
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE", help=_PLUGIN_HELP)
+    # its own dest: argparse lets a subcommand's defaults overwrite the main parser's values of the same dest
+    parser.add_argument(
+        "--plugin", dest="global_plugins", action="append", default=[], metavar="FILE", help=_PLUGIN_HELP
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         module = importlib.import_module(f"attn_zoo.cli.{name}_cmd")
         module.add_parser(sub)
     for name in PLUGIN_COMMANDS:
         if "--plugin" in sub.choices[name]._option_string_actions:
-            continue  # the command declares its own
-        # a different dest: argparse lets a subparser's defaults overwrite the main parser's values
+            continue  # the command declares its own (`run`); main() hands it the global ones too
         sub.choices[name].add_argument(
             "--plugin", dest="command_plugins", action="append", default=[], metavar="FILE", help=_PLUGIN_HELP
         )
@@ -58,8 +60,10 @@ def load_plugins(files: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if isinstance(getattr(args, "plugin", None), list):  # a command with its own --plugin sees the global ones
+        args.plugin = [*args.global_plugins, *args.plugin]
     try:
-        load_plugins([*args.plugin, *getattr(args, "command_plugins", [])])
+        load_plugins([*args.global_plugins, *getattr(args, "command_plugins", [])])
         return int(args.func(args) or 0)
     except AttnZooError as exc:
         print(f"attn-zoo: error: {exc}", file=sys.stderr)
