@@ -262,7 +262,8 @@ def load_plugin_file(path: str | Path, *, export: bool = True) -> list[str]:
     Loading the same file again returns the same names without running it twice; a file that is the
     source of an installed plugin's module (an editable install) reuses that module. With ``export``
     the file is appended to ``$ATTN_ZOO_PLUGINS`` so the worker processes of a suite load it as well.
-    Raises :class:`ConfigError` naming the file when it is missing, fails to import or registers nothing.
+    Raises :class:`ConfigError` naming the file when it is missing or fails to import (whatever it
+    registered before failing is removed).
     """
     path = Path(path)
     if not path.is_file() or path.suffix != ".py":
@@ -274,11 +275,7 @@ def load_plugin_file(path: str | Path, *, export: bool = True) -> list[str]:
         names = _reregister(module, resolved)
     else:
         names = _exec_plugin_file(path, resolved)
-    if not names:
-        raise ConfigError(
-            f"plugin file {str(path)!r} registered no mechanism; decorate a Mixer subclass with "
-            '@register_mechanism("name") (see docs/adding-a-mechanism.md)'
-        )
+    # a file may register no mechanism (a preset or a data source instead): not an error here
     _PLUGIN_FILES[resolved] = names
     _PLUGIN_ERRORS.pop(f"file {path}", None)
     if export:

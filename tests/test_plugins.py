@@ -131,7 +131,6 @@ def test_plugin_file_registers_once_and_exports_to_workers(tmp_path, monkeypatch
     ("text", "message"),
     [
         ("raise RuntimeError('boom')\n", "failed to load: RuntimeError: boom"),
-        ("x = 1\n", "registered no mechanism; decorate a Mixer subclass"),
         (SCALE.format(name="swin"), "mechanism 'swin' is already registered by attn_zoo.mechanisms.swin.SwinAttention"),
         (SCALE.format(name="Bad-Name"), "must be lower_snake_case"),
     ],
@@ -142,6 +141,11 @@ def test_broken_plugin_file_errors_name_the_file(tmp_path, text, message):
         load_plugin_file(path)
     assert f"plugin file {str(path)!r}" in str(err.value) and message in str(err.value)
     assert attn_zoo.list_mechanisms()["swin"].source == "built-in"
+
+
+def test_a_plugin_file_may_register_no_mechanism(tmp_path):
+    """It may register a preset or a data source instead; loading it is not an error."""
+    assert load_plugin_file(write(tmp_path / "nothing.py", "x = 1\n")) == []
 
 
 def test_missing_plugin_file():
