@@ -4,6 +4,7 @@ and the errors when a plugin is broken or takes a built-in's name. Every test un
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import warnings
 from pathlib import Path
@@ -119,9 +120,7 @@ def test_plugin_file_registers_once_and_exports_to_workers(tmp_path, monkeypatch
     assert load_plugin_file(path) == ["scale_file"]  # a second load does not run the file again
     spec = attn_zoo.list_mechanisms()["scale_file"]
     assert spec.source == f"file {path.resolve()}"
-    assert registry.plugin_files() == [path.resolve()]
-    import os
-
+    assert path.resolve() in registry.plugin_files()
     assert os.environ[PLUGINS_ENV] == str(path.resolve())
     m = attn_zoo.create_mechanism("scale_file", dim=8, num_heads=2, gain=3.0)
     assert m.gain == 3.0
@@ -172,6 +171,15 @@ def test_cli_plugin_option(tmp_path, capsys, where):
     info = json.loads(capsys.readouterr().out)
     assert info["mechanisms"]["scale_cli"]["source"] == f"file {path.resolve()}"
     assert info["mechanisms"]["scale_cli"]["knobs"]["gain"]["doc"] == "the constant."
+
+
+def test_cli_plugin_files_reach_the_environment_for_that_command_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
+    path = write(tmp_path / "env_plugin.py", SCALE.format(name="scale_env_cli"))
+    seen = []
+    monkeypatch.setattr("attn_zoo.cli.list_cmd.run", lambda args: seen.append(os.environ.get(PLUGINS_ENV)) or 0)
+    assert main(["--plugin", str(path), "list"]) == 0
+    assert seen == [str(path.resolve())] and PLUGINS_ENV not in os.environ
 
 
 def test_cli_broken_plugin_is_one_line(tmp_path, capsys):

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from attn_zoo.errors import AttnZooError, ConfigError
+from attn_zoo.registry import PLUGINS_ENV
 
 COMMANDS = ("list", "count", "run", "results", "report", "compare", "bench", "new", "check")
 # commands that build mechanisms also take `--plugin FILE` after their name (`attn-zoo --plugin FILE CMD` works for all)
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if isinstance(getattr(args, "plugin", None), list):  # a command with its own --plugin sees the global ones
         args.plugin = [*args.global_plugins, *args.plugin]
+    # plugin files reach this command's worker processes through the environment, for this command only
+    exported = os.environ.get(PLUGINS_ENV)
     try:
         load_plugins([*args.global_plugins, *getattr(args, "command_plugins", [])])
         return int(args.func(args) or 0)
@@ -71,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attn-zoo: interrupted; finished cells are in the store, `attn-zoo run` resumes", file=sys.stderr)
         return 130
+    finally:
+        if exported is None:
+            os.environ.pop(PLUGINS_ENV, None)
+        else:
+            os.environ[PLUGINS_ENV] = exported
 
 
 if __name__ == "__main__":  # pragma: no cover
