@@ -8,18 +8,21 @@ Built-in mechanisms live in :mod:`attn_zoo.mechanisms`; third-party ones registe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import pkgutil
 import re
 import sys
 import types
 import typing
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,35 +129,52 @@ class MechanismSpec:
 
 _REGISTRY: dict[str, MechanismSpec] = {}
 _PLUGIN_ERRORS: dict[str, str] = {}
+_PLUGIN_FILES: dict[Path, list[str]] = {}  # resolved path -> names the file registered
 _LOADED = {"builtins": False, "entry_points": False}
+_BUILTIN_PACKAGE = "attn_zoo.mechanisms"
+PLUGINS_ENV = "ATTN_ZOO_PLUGINS"
+"""Environment variable: plugin files (``os.pathsep``-separated) every process loads on first use. The files
+named by ``--plugin`` or a suite's ``[suite] plugins`` are appended, so the cell workers load them too."""
 
 
 def register_mechanism(
-    name: str | None = None, *, source: str = "built-in", replace: bool = False
+    name: str | None = None, *, source: str | None = None, replace: bool = False
 ) -> Callable[[type[Mixer]], type[Mixer]]:
-    """Class decorator: ``@register_mechanism("swin")`` registers a :class:`Mixer` subclass by name."""
+    """Class decorator: ``@register_mechanism("swin")`` registers a :class:`Mixer` subclass by name.
+
+    ``source`` says where it came from in ``attn-zoo list`` (default: ``built-in`` for the package's own
+    mechanisms, else the defining module). A name that is taken by another class is an error naming both.
+    """
 
     def wrap(cls: type[Mixer]) -> type[Mixer]:
         if not (isinstance(cls, type) and issubclass(cls, Mixer)):
             raise TypeError(f"@register_mechanism needs a Mixer subclass, got {cls!r}")
+        builtin = cls.__module__.startswith(_BUILTIN_PACKAGE + ".")
+        if not builtin:
+            _load_builtins()  # a plugin imported first must not take a built-in's name unnoticed
         key = name or cls.__name__.lower()
         if not re.fullmatch(r"[a-z][a-z0-9_]*", key):
-            raise ValueError(f"mechanism name {key!r} must be lower_snake_case")
+            raise ValueError(f"mechanism name {key!r} must be lower_snake_case (letters, digits, _)")
         if key in _REGISTRY and not replace and _REGISTRY[key].cls is not cls:
-            raise ValueError(f"mechanism {key!r} is already registered by {_REGISTRY[key].cls.__module__}")
-        cls.name = key
-        spec = MechanismSpec(key, cls, _read_knobs(cls), _summary(cls), source)
+            old = _REGISTRY[key]
+            raise ValueError(
+                f"mechanism {key!r} is already registered by {old.cls.__module__}.{old.cls.__qualname__} "
+                f"({old.source}); {cls.__module__}.{cls.__qualname__} must pick another name"
+            )
+        label = source or ("built-in" if builtin else f"module {cls.__module__}")
+        spec = MechanismSpec(key, cls, _read_knobs(cls), _summary(cls), label)
         for pattern in cls.block_pattern:
             unknown = set(pattern) - set(spec.knobs)
             if unknown:
                 raise ValueError(f"{key}: block_pattern names unknown knobs {sorted(unknown)}")
+        cls.name = key
         _REGISTRY[key] = spec
         return cls
 
     return wrap
 
 
-def _ensure_loaded() -> None:
+def _load_builtins() -> None:
     if not _LOADED["builtins"]:
         _LOADED["builtins"] = True
         import attn_zoo.mechanisms as package
@@ -163,53 +183,158 @@ def _ensure_loaded() -> None:
         for info in pkgutil.iter_modules(package.__path__):
             if info.name != "base" and not info.name.startswith("_"):
                 importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def _ensure_loaded() -> None:
+    _load_builtins()
     if not _LOADED["entry_points"]:
         _LOADED["entry_points"] = True
         load_entry_points()
+        for item in os.environ.get(PLUGINS_ENV, "").split(os.pathsep):
+            if item:
+                try:
+                    load_plugin_file(item, export=False)
+                except ConfigError as exc:  # like a broken entry point: report it, load the rest
+                    _report(f"file {item}", f"{exc} (named in ${PLUGINS_ENV})")
+
+
+def _report(key: str, message: str) -> None:
+    _PLUGIN_ERRORS[key] = message
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _set_source(names: list[str], source: str) -> None:
+    for key in names:
+        _REGISTRY[key] = dataclasses.replace(_REGISTRY[key], source=source)
 
 
 def load_entry_points() -> dict[str, str]:
-    """Import every installed plugin of the ``attn_zoo.mechanisms`` group.
+    """Import every installed plugin of the ``attn_zoo.mechanisms`` entry-point group; return the errors.
 
-    A broken plugin is reported (warning, and in :func:`plugin_errors`) and does not stop the others.
+    An entry point ``NAME = "package.module:Class"`` registers ``Class`` (a :class:`Mixer` subclass) as
+    ``NAME``; ``NAME = "package.module"`` imports a module that registers its mechanisms itself. A plugin
+    that fails in any way (import error, bad class, a name already taken) is reported by name in a
+    ``RuntimeWarning`` and in :func:`plugin_errors`; whatever it registered is removed, the others load.
     """
+    _load_builtins()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        package = f"{dist.name} {dist.version}" if dist is not None else "an installed package"
+        where = f"plugin {ep.name!r} from {package} ({ep.value})"
+        before = dict(_REGISTRY)
         try:
-            obj = ep.load()
-            if isinstance(obj, type) and issubclass(obj, Mixer) and obj.name not in _REGISTRY:
-                register_mechanism(ep.name, source=f"plugin {ep.value}")(obj)
+            added = _load_entry_point(ep, before)
         except Exception as exc:  # a plugin may fail in any way; report it and go on
-            _PLUGIN_ERRORS[ep.name] = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
-            warnings.warn(_PLUGIN_ERRORS[ep.name], RuntimeWarning, stacklevel=2)
+            for key in set(_REGISTRY) - set(before):
+                del _REGISTRY[key]
+            _report(f"entry point {ep.name}", f"{where} failed to load: {type(exc).__name__}: {exc}")
+            continue
+        _set_source(added, f"plugin {package}")
     return dict(_PLUGIN_ERRORS)
 
 
-def load_plugin_file(path: str | Path) -> list[str]:
-    """Import a local Python file that registers mechanisms; return the names it added."""
+def _load_entry_point(ep: importlib.metadata.EntryPoint, before: Mapping[str, MechanismSpec]) -> list[str]:
+    if ep.name in before and before[ep.name].source == "built-in":
+        old = before[ep.name].cls
+        raise ConfigError(
+            f"the name {ep.name!r} is taken by the built-in mechanism {old.__module__}.{old.__qualname__}; "
+            f"rename the entry point (and the mechanism) in the plugin's pyproject.toml"
+        )
+    obj = ep.load()
+    if isinstance(obj, types.ModuleType):
+        added = sorted(set(_REGISTRY) - set(before))
+        if not added:
+            raise ConfigError(f"module {obj.__name__} registered no mechanism (decorate a Mixer subclass)")
+        return added
+    if not (isinstance(obj, type) and issubclass(obj, Mixer)):
+        raise ConfigError(f"expected a Mixer subclass (or a module registering one), got {obj!r}")
+    if obj.name and obj.name in _REGISTRY and _REGISTRY[obj.name].cls is obj and obj.name != ep.name:
+        raise ConfigError(
+            f"the class registers itself as {obj.name!r} but the entry point is named {ep.name!r}; use one name"
+        )
+    register_mechanism(ep.name)(obj)
+    return sorted(set(_REGISTRY) - set(before)) or [ep.name]
+
+
+def load_plugin_file(path: str | Path, *, export: bool = True) -> list[str]:
+    """Import a local Python file that registers mechanisms (``@register_mechanism``); return their names.
+
+    Loading the same file again returns the same names without running it twice; a file that is the
+    source of an installed plugin's module (an editable install) reuses that module. With ``export``
+    the file is appended to ``$ATTN_ZOO_PLUGINS`` so the worker processes of a suite load it as well.
+    Raises :class:`ConfigError` naming the file when it is missing or fails to import (whatever it
+    registered before failing is removed).
+    """
     path = Path(path)
     if not path.is_file() or path.suffix != ".py":
         raise ConfigError(f"plugin file {str(path)!r} does not exist or is not a .py file")
     _ensure_loaded()
+    resolved = path.resolve()
+    module = _module_from_file(resolved)
+    if module is not None:  # already imported (a second load, or the module of an installed plugin)
+        names = _reregister(module, resolved)
+    else:
+        names = _exec_plugin_file(path, resolved)
+    # a file may register no mechanism (a preset or a data source instead): not an error here
+    _PLUGIN_FILES[resolved] = names
+    _PLUGIN_ERRORS.pop(f"file {path}", None)
+    if export:
+        current = [p for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
+        if str(resolved) not in current:
+            os.environ[PLUGINS_ENV] = os.pathsep.join([*current, str(resolved)])
+    return names
+
+
+def _module_from_file(resolved: Path) -> types.ModuleType | None:
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and file.endswith(".py") and Path(file).resolve() == resolved:
+            return module
+    return None
+
+
+def _reregister(module: types.ModuleType, resolved: Path) -> list[str]:
+    """Names of the mechanisms ``module`` defines, registering again any that a reset registry dropped."""
+    names = []
+    for obj in vars(module).values():
+        if isinstance(obj, type) and issubclass(obj, Mixer) and obj.__module__ == module.__name__ and obj.name:
+            if obj.name not in _REGISTRY:
+                register_mechanism(obj.name, source=f"file {resolved}")(obj)
+            if _REGISTRY[obj.name].cls is obj:
+                names.append(obj.name)
+    return sorted(names)
+
+
+def _exec_plugin_file(path: Path, resolved: Path) -> list[str]:
     before = set(_REGISTRY)
-    module_name = f"attn_zoo_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
+    module_name = f"attn_zoo_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', path.stem)}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a loader
+        raise ConfigError(f"plugin file {str(path)!r} cannot be imported")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
+        for key in set(_REGISTRY) - before:
+            del _REGISTRY[key]
         raise ConfigError(f"plugin file {str(path)!r} failed to load: {type(exc).__name__}: {exc}") from exc
     added = sorted(set(_REGISTRY) - before)
-    for name in added:
-        _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], source=f"file {path}")
+    _set_source(added, f"file {resolved}")
     return added
 
 
 def plugin_errors() -> dict[str, str]:
+    """Plugins that failed to load, by entry point or file, with the reason."""
     _ensure_loaded()
     return dict(_PLUGIN_ERRORS)
+
+
+def plugin_files() -> list[Path]:
+    """The plugin files loaded in this process (resolved paths)."""
+    return list(_PLUGIN_FILES)
 
 
 def list_mechanisms() -> dict[str, MechanismSpec]:
@@ -223,7 +348,10 @@ def get_mechanism(name: str) -> MechanismSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownNameError("mechanism", name, _REGISTRY) from None
+        err = UnknownNameError("mechanism", name, _REGISTRY)
+        if _PLUGIN_ERRORS:  # the mechanism may be in a plugin that failed: say so
+            err.args = (f"{err.args[0]}; note: {'; '.join(_PLUGIN_ERRORS.values())}",)
+        raise err from None
 
 
 def create_mechanism(
@@ -355,3 +483,27 @@ def _convert_one(value: Any, a: Any) -> tuple[bool, Any]:
     if a is str:
         return isinstance(value, str), value
     return isinstance(value, a), value
+
+
+@contextlib.contextmanager
+def isolated_registry() -> Iterator[None]:
+    """Undo every registration, plugin load and ``$ATTN_ZOO_PLUGINS`` change made inside the block.
+
+    For tests that register throw-away mechanisms or load plugin files: the process's registry is as before.
+    """
+    _ensure_loaded()
+    saved = (dict(_REGISTRY), dict(_PLUGIN_ERRORS), dict(_PLUGIN_FILES), dict(_LOADED))
+    names = {spec.cls: spec.cls.__dict__.get("name") for spec in _REGISTRY.values()}
+    env = os.environ.get(PLUGINS_ENV)
+    try:
+        yield
+    finally:
+        for store, old in zip((_REGISTRY, _PLUGIN_ERRORS, _PLUGIN_FILES, _LOADED), saved):
+            store.clear()
+            store.update(old)
+        for cls, name in names.items():
+            cls.name = name or ""
+        if env is None:
+            os.environ.pop(PLUGINS_ENV, None)
+        else:
+            os.environ[PLUGINS_ENV] = env

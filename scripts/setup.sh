@@ -17,5 +17,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     # natten: pure Python without a GPU build; runs its forward on CPU for the parity tests. Without build
     # isolation it reuses the torch above instead of downloading a second one.
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation natten==0.21.7
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e examples/attn-zoo-axial
     touch "$stamp"
 fi

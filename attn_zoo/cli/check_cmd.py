@@ -1,0 +1,33 @@
+"""``attn-zoo check NAME``: run the conformance kit (:mod:`attn_zoo.testing`) on one mechanism."""
+
+from __future__ import annotations
+
+import argparse
+
+from attn_zoo.backbone.config import parse_knob_value
+from attn_zoo.cli.run_cmd import parse_overrides
+from attn_zoo.testing import CHECKS, check_mechanism
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("check", help="run the conformance kit on a mechanism (shape, sizes, gradients, MACs, ...)")
+    p.add_argument("name", help="a registered mechanism (see `attn-zoo list`; --plugin FILE loads a local one)")
+    p.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a knob value (TOML syntax), e.g. --knob window=4; repeatable",
+    )
+    p.add_argument("--only", action="append", choices=CHECKS, default=None, help="run only this check; repeatable")
+    p.add_argument("--dim", type=int, default=24, help="channels of the standalone checks (default 24)")
+    p.add_argument("--heads", type=int, default=3, help="heads of the standalone checks (default 3)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    knobs = {key: parse_knob_value(value) for key, value in parse_overrides(args.knob).items()}
+    report = check_mechanism(args.name, checks=args.only, dim=args.dim, num_heads=args.heads, **knobs)
+    print(report.to_json() if args.json else report)
+    return 0 if report.ok else 1
