@@ -8,7 +8,7 @@ VENV=${ATTN_ZOO_VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV with $($PYTHON --version)" >&2
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
 fi
 stamp="$VENV/.attn_zoo-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
