@@ -121,6 +121,10 @@ def test_val_split_and_evaluation_at_other_resolutions():
     assert result.status == "ok" and not result.notes
     assert {"val_top1", "test_top1@24", "test_top1@48"} <= set(m) and m["test_top1@32"] == m["test_top1"]
     assert m["val_size"] == 16 and 0 <= m["test_top1@48"] <= 100
+    cell["train"]["eval_resolution_size"] = 8  # the curve on a fixed slice of the test split
+    sliced = run_training(cell, tiny_config("swin", window=4)).metrics
+    assert sliced["eval_resolution_size"] == 8 and sliced["test_top1"] == m["test_top1"]
+    assert all(sliced[f"test_top1@{r}"] in (0.0, 12.5, 25.0, 37.5, 50.0, 62.5, 75.0, 87.5, 100.0) for r in (24, 32, 48))
 
 
 def test_a_size_the_mechanism_cannot_take_is_recorded_not_fatal(monkeypatch):

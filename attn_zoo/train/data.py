@@ -266,13 +266,17 @@ class Data:
             persistent_workers=False,
         )
 
-    def eval_loader(self, split: str = "test", img_size: int | None = None) -> DataLoader:
-        """Loader over ``val`` or ``test`` at ``img_size`` (default: the training size), in a fixed order."""
+    def eval_loader(self, split: str = "test", img_size: int | None = None, size: int | None = None) -> DataLoader:
+        """Loader over ``val`` or ``test`` at ``img_size`` (default: the training size), in a fixed order;
+        ``size`` takes a class-balanced slice of that split, the same for every run."""
         base = {"val": self.val_set, "test": self.test_set}.get(split)
         if base is None:
             raise ConfigError(f"no {split!r} split in this run (set data val_size for a validation set)")
         if img_size is not None and img_size != self.img_size:
             base = base.with_transform(build_transform(self.config, self.info, img_size, training=False))
+        if size is not None and size < len(base):
+            keep = balanced_subset(base.targets, size, np.random.default_rng([TEST_SUBSET_SEED, 3]))
+            base = TransformSubset(base.base, base.indices[keep], base.transform, base.base_targets)
         return DataLoader(base, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.config.num_workers)
 
 

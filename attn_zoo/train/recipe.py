@@ -73,6 +73,7 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: bool = True
     eval_resolutions: tuple[int, ...] = ()
+    eval_resolution_size: int | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
 
@@ -128,6 +129,12 @@ class TrainConfig:
         ):
             raise ConfigError(
                 f"train: eval_resolutions must be a list of positive integers, got {self.eval_resolutions!r}"
+            )
+        if self.eval_resolution_size is not None and (
+            not _is_int(self.eval_resolution_size) or self.eval_resolution_size < 1
+        ):
+            raise ConfigError(
+                f"train: eval_resolution_size must be a positive integer, got {self.eval_resolution_size!r}"
             )
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
             raise ConfigError(f"train: checkpoint_every must be a non-negative integer, got {self.checkpoint_every!r}")

@@ -7,8 +7,10 @@ the grid aggregates seeds); anything worth a sentence (a resolution the model ca
 
 Metrics: ``test_top1`` / ``test_loss`` (the reported number: the source's test split), ``val_top1`` /
 ``val_loss`` (only with ``val_size``), ``test_top1@R`` / ``test_loss@R`` for each ``eval_resolutions`` entry
-R (``eval_failed@R = 1`` with a note when the model cannot run at R), the training metrics of
-:func:`~attn_zoo.train.recipe.fit`, ``forward_macs`` (per image at the training size), and the data sizes.
+R (``eval_failed@R = 1`` with a note when the model cannot run at R; with ``eval_resolution_size`` every
+R, the training size included, is measured on the same class-balanced slice of the test split), the
+training metrics of :func:`~attn_zoo.train.recipe.fit`, ``forward_macs`` (per image at the training size),
+and the data sizes.
 """
 
 from __future__ import annotations
@@ -66,9 +68,17 @@ def checkpoint_path_for(spec: Mapping[str, Any], directory: str | Path) -> Path:
 
 
 def run_training(
-    spec: Mapping[str, Any], config: ModelConfig, device: str | torch.device = "cpu", data: Data | None = None
+    spec: Mapping[str, Any],
+    config: ModelConfig,
+    device: str | torch.device = "cpu",
+    data: Data | None = None,
+    base_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Train the model ``config`` (already sized to the budget) on the cell's data; evaluate it."""
+    """Train the model ``config`` (already sized to the budget) on the cell's data; evaluate it.
+
+    A relative ``train.checkpoint_dir`` is taken relative to ``base_dir`` (e.g. the results directory)
+    when given, else to the working directory.
+    """
     from attn_zoo.backbone.harness import Backbone
     from attn_zoo.train.budget import budget_metric
 
@@ -78,7 +88,10 @@ def run_training(
     forward_macs = budget_metric(config, "macs")
     seed_everything(int(spec["seed"]))
     model = Backbone(config)
-    checkpoint = checkpoint_path_for(spec, train_cfg.checkpoint_dir) if train_cfg.checkpoint_dir else None
+    checkpoint = None
+    if train_cfg.checkpoint_dir:
+        directory = Path(train_cfg.checkpoint_dir).expanduser()
+        checkpoint = checkpoint_path_for(spec, Path(base_dir) / directory if base_dir else directory)
     metrics: dict[str, float] = {**data_row(data), "forward_macs": forward_macs}
     try:
         metrics.update(
@@ -103,12 +116,15 @@ def run_training(
         val = evaluate(model, data.eval_loader("val"), device, amp)
         metrics.update(val_top1=val["top1"], val_loss=val["loss"])
     notes = []
+    subset = train_cfg.eval_resolution_size
+    if train_cfg.eval_resolutions and subset is not None and subset < data.info["test_size"]:
+        metrics["eval_resolution_size"] = subset
     for res in train_cfg.eval_resolutions:
-        if res == config.img_size:
+        if res == config.img_size and (subset is None or subset >= data.info["test_size"]):
             metrics.update({f"test_top1@{res}": test["top1"], f"test_loss@{res}": test["loss"]})
             continue
         try:
-            out = evaluate(model, data.eval_loader("test", res), device, amp)
+            out = evaluate(model, data.eval_loader("test", res, size=subset), device, amp)
         except (AttnZooError, RuntimeError, ValueError) as exc:  # the mechanism cannot take this size
             metrics[f"eval_failed@{res}"] = 1.0
             notes.append(f"eval at {res}x{res} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
