@@ -33,7 +33,9 @@ def test_registered_sources():
 def test_bad_config_messages():
     with pytest.raises(UnknownNameError, match=r"unknown data source 'mnist'; allowed: .*cifar10"):
         DataConfig.from_dict({"source": "mnist"})
-    with pytest.raises(ConfigError, match="data source 'synthetic': unknown option 'difficulty'; allowed: resolution"):
+    with pytest.raises(
+        ConfigError, match="data source 'synthetic': unknown option 'difficulty'; allowed: generator_seed, resolution"
+    ):
         DataConfig.from_dict({"source": "synthetic", "difficulty": "hard"})
     with pytest.raises(ConfigError, match="train_size must be a positive integer, got 0"):
         DataConfig.from_dict({"source": "synthetic", "train_size": 0})

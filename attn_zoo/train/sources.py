@@ -163,11 +163,11 @@ def _split_size(config: DataConfig, split: str, default: int) -> int:
     "synthetic",
     "oriented bars in noise (4 classes, 1 channel); generated, for smoke tests",
     splits=("train", "val", "test"),
-    options={"resolution": 32, "seed": 0},
+    options={"resolution": 32, "generator_seed": 0},
 )
 def _synthetic(config: DataConfig, split: str) -> tuple[Dataset, dict[str, Any]]:
     source = SOURCES["synthetic"]
-    res, seed = int(source.option(config, "resolution")), int(source.option(config, "seed"))
+    res, seed = int(source.option(config, "resolution")), int(source.option(config, "generator_seed"))
     n = _split_size(config, split, {"train": 2000, "val": 500, "test": 500}[split])
     rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}[split]])
     labels = rng.integers(0, 4, size=n)
@@ -201,7 +201,7 @@ def _check_pathfinder(config: DataConfig) -> None:
     "pathfinder",
     "Pathfinder (Long Range Arena): are two markers joined by one curved path among distractors? generated",
     splits=("train", "val", "test"),
-    options={"resolution": 32, "difficulty": "easy", "seed": 0, "channels": 1},
+    options={"resolution": 32, "difficulty": "easy", "generator_seed": 0, "channels": 1},
     check=_check_pathfinder,
 )
 def _pathfinder(config: DataConfig, split: str) -> tuple[Dataset, dict[str, Any]]:
@@ -218,7 +218,7 @@ def _pathfinder(config: DataConfig, split: str) -> tuple[Dataset, dict[str, Any]
         n=size,
         resolution=int(source.option(config, "resolution")),
         difficulty=str(source.option(config, "difficulty")),
-        seed=int(source.option(config, "seed")),
+        seed=int(source.option(config, "generator_seed")),
         root=str(_expand(config.root)) if config.root else None,  # the generator's .npz cache
         channels=int(source.option(config, "channels")),
     )
