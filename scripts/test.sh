@@ -3,6 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
+bash scripts/ensure-chromium.sh  # for the HTML report rendering test; never fails the run
 "${ATTN_ZOO_VENV:-.venv}/bin/python" -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -13,8 +13,16 @@ from attn_zoo.errors import ConfigError, UnknownNameError
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import PerStage, register_mechanism
 
-SMALL = dict(img_size=32, patch_size=2, dims=(12, 24, 48, 96), depths=(2, 2, 2, 2), heads=(3, 6, 12, 24),
-             num_classes=5, stem="conv", downsample="conv")
+SMALL = dict(
+    img_size=32,
+    patch_size=2,
+    dims=(12, 24, 48, 96),
+    depths=(2, 2, 2, 2),
+    heads=(3, 6, 12, 24),
+    num_classes=5,
+    stem="conv",
+    downsample="conv",
+)
 
 
 @pytest.mark.parametrize("stem", ["patch", "conv", "conv_bn", "gcvit"])
@@ -47,7 +55,11 @@ def test_schedules_one_everywhere_pattern_and_per_stage():
     assert [b.mixer.shift_size > 0 for b in one.stages[0].blocks] == [False, True]
     per_stage = Backbone(ModelConfig(**SMALL, mixer=["swin", "swin", "global", "global"]))
     assert [type(s.blocks[0].mixer).__name__ for s in per_stage.stages] == [
-        "SwinAttention", "SwinAttention", "GlobalAttention", "GlobalAttention"]
+        "SwinAttention",
+        "SwinAttention",
+        "GlobalAttention",
+        "GlobalAttention",
+    ]
     pattern = Backbone(ModelConfig(**{**SMALL, "depths": (4, 2, 2, 2)}, mixer=[["global", "swin"]] * 4))
     kinds = [type(b.mixer).__name__ for b in pattern.stages[0].blocks]
     assert kinds == ["GlobalAttention", "SwinAttention", "GlobalAttention", "SwinAttention"]
@@ -66,7 +78,7 @@ def test_per_stage_knobs_and_feat_size_reach_the_mixer():
 class ContextProbe(Mixer):
     """Adds its stage context (the stage input's mean) to the output, to check the plumbing."""
 
-    calls: list[Any] = []
+    calls: ClassVar[list[Any]] = []
 
     def __init__(self, dim: int, num_heads: int, *, feat_size=None):
         super().__init__(dim, num_heads, feat_size=feat_size)
@@ -127,7 +139,7 @@ def test_config_round_trips_through_plain_dicts():
 
 def test_presets_listed_and_unknown_preset_error():
     assert {"swin_t", "zoo_s32", "zoo_224"} <= set(list_presets())
-    with pytest.raises(UnknownNameError, match="unknown preset 'swin_x'.*swin_t"):
+    with pytest.raises(UnknownNameError, match=r"unknown preset 'swin_x'.*swin_t"):
         get_preset("swin_x")
 
 
@@ -141,8 +153,9 @@ def test_create_model_overrides_and_public_api():
 def test_stochastic_depth_schedule_and_determinism():
     config = ModelConfig(**SMALL, drop_path_rate=0.3)
     model = Backbone(config)
-    rates = [b.drop_path1.drop_prob if hasattr(b.drop_path1, "drop_prob") else 0.0
-             for s in model.stages for b in s.blocks]
+    rates = [
+        b.drop_path1.drop_prob if hasattr(b.drop_path1, "drop_prob") else 0.0 for s in model.stages for b in s.blocks
+    ]
     assert rates[0] == 0.0 and abs(rates[-1] - 0.3) < 1e-9 and rates == sorted(rates)
     torch.manual_seed(3)
     y1 = Backbone(config).eval()(torch.ones(1, 3, 32, 32))

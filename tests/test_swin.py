@@ -127,7 +127,9 @@ def test_mask_padding_variant_ignores_padded_keys():
 def test_window_clamps_to_small_stage_map():
     m = attn_zoo.create_mechanism("swin", dim=8, num_heads=2, window=7, shift=True, feat_size=(5, 5))
     assert m.window == (5, 5) and m.shift_size == 0
-    m = attn_zoo.create_mechanism("swin", dim=8, num_heads=2, window=7, shift=True, feat_size=(5, 5), clamp_window=False)
+    m = attn_zoo.create_mechanism(
+        "swin", dim=8, num_heads=2, window=7, shift=True, feat_size=(5, 5), clamp_window=False
+    )
     assert m.window == (7, 7) and m.shift_size == 3
 
 

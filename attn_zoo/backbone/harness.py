@@ -114,7 +114,7 @@ class Backbone(nn.Module):
                     occurrence=occurrence,
                     **spec.knobs,
                 )
-                if spec.name not in contexts:
+                if spec.name not in contexts and mixer.uses_context:
                     knobs = get_mechanism(spec.name).resolve_knobs(spec.knobs, stage=i, occurrence=occurrence)
                     ctx = type(mixer).build_context(dim, heads, size, knobs)
                     if ctx is not None:

@@ -12,7 +12,7 @@ import sys
 
 from attn_zoo.errors import AttnZooError
 
-COMMANDS = ("list", "count", "run", "results", "report")
+COMMANDS = ("list", "count", "run", "results", "report", "compare")
 
 
 class _Parser(argparse.ArgumentParser):

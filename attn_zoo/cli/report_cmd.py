@@ -1,30 +1,51 @@
-"""``attn-zoo report STORE``: tables and plots from a results store."""
+"""``attn-zoo report RESULTS [--html]``: tables, plots and a static HTML page from a results store."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from attn_zoo.cli._format import table
-from attn_zoo.cli.results_cmd import open_store
-from attn_zoo.cli.run_cmd import write_plots
+from attn_zoo.cli._format import print_json, table
+from attn_zoo.cli.results_cmd import find_store
+from attn_zoo.grid.store import Store, StoreError
+from attn_zoo.report.figures import make_figures
 from attn_zoo.report.tables import summary_rows
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="tables and plots from a results store")
-    p.add_argument("store", help="a .sqlite store written by `attn-zoo run`")
-    p.add_argument("--out", default=None, help="directory for plots (default: beside the store)")
+    p = sub.add_parser("report", help="tables, plots and an HTML page from a results store")
+    p.add_argument("store", help="a .sqlite store written by `attn-zoo run` (or a directory holding one)")
+    p.add_argument("--out", default=None, help="directory for plots and the page (default: beside the store)")
+    p.add_argument("--html", action="store_true", help="also write one self-contained HTML page (report.html)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--json", action="store_true", help="print the written files as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    path = find_store(args.store)
+    try:  # refresh the stored aggregates when the store is ours to write
+        store = Store(path)
+        store.write_aggregates()
+    except StoreError as exc:
+        print(f"attn-zoo: note: aggregates not refreshed ({exc})", file=sys.stderr)
+        store = Store(path, readonly=True)
     frame = store.frame()
-    out = Path(args.out) if args.out else Path(args.store).with_suffix("")
-    headers, rows = summary_rows(frame) if len(frame) else ([], [])
+    out = Path(args.out) if args.out else path.with_suffix("")
+    figures = make_figures(frame, out, path.parent)
+    page = None
+    if args.html:
+        from attn_zoo.report.html import write_html_report
+
+        page = write_html_report(store, out / "report.html", figures)
+    if args.json:
+        print_json({"store": str(path), "plots": [str(f.path) for f in figures], "html": str(page) if page else None})
+        return 0
+    headers, rows = summary_rows(frame) if len(frame) else (["mechanism"], [])
     print(table(headers, rows, markdown=args.markdown))
-    for p in write_plots(frame, out):
-        print(f"plot: {p}")
+    for fig in figures:
+        print(f"plot: {fig.path}")
+    if page:
+        print(f"html: {page}")
     return 0

@@ -10,24 +10,32 @@ from pathlib import Path
 
 from attn_zoo.cli._format import print_json, table
 from attn_zoo.errors import ConfigError
+from attn_zoo.grid.executors import create_executor, executor_names
 from attn_zoo.grid.runner import run_suite
 from attn_zoo.grid.store import Store
 from attn_zoo.grid.suite import load_suite
-from attn_zoo.report.plots import pareto_plot
+from attn_zoo.registry import load_plugin_file
 from attn_zoo.report.tables import summary_rows
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a suite file (resumes where a previous run stopped)")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
-    p.add_argument("--out", default="results", help="results directory (default: results/)")
     p.add_argument(
-        "--retry-failed", action="store_true", help="re-run cells that failed, diverged or ran out of memory"
+        "--out", default="results", help="results directory (default: results/); nothing is written outside it"
     )
-    p.add_argument("--fresh", action="store_true", help="start a new store (the old one is kept as .bak)")
-    p.add_argument("--executor", default="local", choices=["local"], help="where cells run")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="re-run cells that failed, diverged, ran out of memory or timed out"
+    )
+    p.add_argument("--fresh", action="store_true", help="start a new store (the old one is kept as .<time>.bak)")
+    p.add_argument(
+        "--executor", default="local", help=f"where cells run: {', '.join(executor_names())} (default local)"
+    )
+    p.add_argument("--jobs", type=int, default=None, help="cells at once (local executor; default 1)")
     p.add_argument("--timeout", type=float, default=None, help="seconds one cell may run before it is stopped")
-    p.add_argument("--memory-limit-mb", type=int, default=None, help="address-space cap of each cell's worker")
+    p.add_argument(
+        "--memory-limit-mb", type=int, default=None, help="memory cap of each cell's worker (heap; Linux); over it: oom"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -35,7 +43,15 @@ def add_parser(sub) -> None:
         metavar="KEY=VALUE",
         help="override a suite value, e.g. --set train.epochs=1 (TOML value syntax)",
     )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="load mechanisms from this Python file (suite files never load code)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures after the run")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -55,43 +71,69 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def store_path_for(out: Path, name: str) -> Path:
+    """``OUT/NAME.sqlite``, refusing anything that would land outside ``OUT``."""
+    path = out / f"{name}.sqlite"
+    if path.resolve().parent != out.resolve():
+        raise ConfigError(f"suite name {name!r} would write outside the results directory {str(out)!r}")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite, parse_overrides(args.set))
+    for plugin in args.plugin:
+        load_plugin_file(plugin)
+    suite = load_suite(args.suite, parse_overrides(args.set), plugins=tuple(args.plugin))
+    options = dict(suite.executor)
+    if args.jobs is not None:
+        options["jobs"] = args.jobs
+    executor = create_executor(args.executor, timeout_s=args.timeout, memory_limit_mb=args.memory_limit_mb, **options)
     out = Path(args.out)
-    store_path = out / f"{suite.name}.sqlite"
+    store_path = store_path_for(out, suite.name)
     if args.fresh and store_path.exists():
-        store_path.replace(store_path.with_suffix(f".{int(time.time())}.bak"))
+        stamp = int(time.time())
+        for suffix in ("", "-wal", "-shm"):
+            old = Path(f"{store_path}{suffix}")
+            if old.exists():
+                old.replace(Path(f"{store_path.with_suffix(f'.{stamp}.bak')}{suffix}"))
     print(f"suite {suite.name}: {len(suite.cells)} cells -> {store_path}", file=sys.stderr)
     command = "attn-zoo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = run_suite(
         suite,
         store_path,
+        executor=executor,
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         command=command,
-        timeout_s=args.timeout,
-        memory_limit_mb=args.memory_limit_mb,
     )
-    frame = Store(store_path).frame()
-    plots = write_plots(frame, out / suite.name)
+    store = Store(store_path)
+    frame = store.frame()
+    figures = [] if args.no_plots else make_figure_files(frame, out / suite.name, store_path.parent)
+    code = 0 if summary.failed == 0 and summary.elsewhere == 0 else 1
     if args.json:
-        print_json({**summary.__dict__, "store": str(summary.store), "plots": [str(p) for p in plots]})
-        return 0 if summary.failed == 0 else 1
+        print_json({**summary.to_dict(), "plots": [str(f.path) for f in figures]})
+        return code
     if len(frame):
         headers, rows = summary_rows(frame)
         print(table(headers, rows))
+    elsewhere = f", {summary.elsewhere} still running in another runner" if summary.elsewhere else ""
     print(
-        f"\n{summary.ran} ran, {summary.skipped} already done, {summary.ok} ok, {summary.failed} failed; "
+        f"\n{summary.ran} ran, {summary.skipped} already done, {summary.progress_note()}{elsewhere}; "
         f"store {store_path}",
         file=sys.stderr,
     )
-    for p in plots:
-        print(f"plot: {p}", file=sys.stderr)
-    return 0 if summary.failed == 0 else 1
+    if summary.failed:
+        print("re-run failed cells with --retry-failed; see `attn-zoo results STORE --status failed`", file=sys.stderr)
+    for fig in figures:
+        print(f"plot: {fig.path}", file=sys.stderr)
+    return code
+
+
+def make_figure_files(frame, out_dir: Path, store_dir: Path):
+    from attn_zoo.report.figures import make_figures
+
+    return make_figures(frame, out_dir, store_dir)
 
 
 def write_plots(frame, out_dir: Path) -> list[Path]:
-    plots = []
-    if len(frame) and "macs" in frame and "val_top1" in frame and frame["val_top1"].notna().any():
-        plots.append(pareto_plot(frame, "macs", "val_top1", out_dir / "accuracy_vs_macs.png"))
-    return plots
+    """Kept for callers of the first release: the figures' paths."""
+    return [f.path for f in make_figure_files(frame, out_dir, out_dir.parent)]

@@ -1,8 +1,9 @@
 """What one cell does, inside its own worker process: size the model to the budget, count, time, train.
 
-Run as ``python -m attn_zoo.grid.cell SPEC.json RESULT.json``; the exit code and the result file tell the
-runner what happened. Outcomes: ``ok``, ``diverged`` (loss not finite, with the step), ``oom`` (out of
-memory), ``failed`` (anything else, with the reason).
+Run as ``python -m attn_zoo.grid.cell SPEC.json RESULT.json [ARTIFACT_DIR]``; the exit code and the result
+file tell the runner what happened. Outcomes: ``ok``, ``diverged`` (loss not finite, with the step), ``oom``
+(out of memory), ``failed`` (anything else, with the reason). Files a cell writes (e.g. an ERF map) go under
+``ARTIFACT_DIR`` and are named in ``result["artifacts"]`` as ``{name: path}``; the runner records them.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_cell(spec: Mapping[str, Any], log=None) -> dict[str, Any]:
-    """Run one resolved cell and return ``{"status", "metrics", "reason", "environment", "backends", "model"}``."""
+def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one resolved cell and return ``{"status", "metrics", "reason", "environment", "backends", "model",
+    "artifacts"}``. ``artifact_dir`` is where the cell may write files (created on first use)."""
+    artifacts: dict[str, str] = {}
     measure = spec["measure"]
     if measure.get("threads"):
         torch.set_num_threads(int(measure["threads"]))
@@ -85,28 +88,42 @@ def run_cell(spec: Mapping[str, Any], log=None) -> dict[str, Any]:
         "backends": backends,
         "model": config.to_dict(),
         "budget_message": match.message,
+        "artifacts": artifacts,
     }
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "memoryerror")
+
+
+def is_oom_message(text: str) -> bool:
+    """Whether an error text is an allocation failure (CPU allocator, CUDA, Python's MemoryError)."""
+    low = text.lower()
+    return any(m in low for m in OOM_MESSAGES)
+
+
+def failure_result(exc: BaseException) -> dict[str, Any]:
+    """The result of a cell that raised: ``diverged`` (with the step), ``oom``, or ``failed``."""
+    if isinstance(exc, Diverged):
+        return {"status": "diverged", "reason": str(exc), "metrics": {"diverged_step": exc.step}}
+    oom = isinstance(exc, MemoryError) or is_oom_message(f"{type(exc).__name__}: {exc}")
+    tail = traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]
+    return {
+        "status": "oom" if oom else "failed",
+        "reason": f"{type(exc).__name__}: {exc}".strip()[:2000],
+        "traceback": "".join(tail),
+        "metrics": {},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     spec_path, result_path = Path(args[0]), Path(args[1])
+    artifact_dir = Path(args[2]) if len(args) > 2 else None
     spec = json.loads(spec_path.read_text())
     try:
-        result = run_cell(spec)
+        result = run_cell(spec, artifact_dir=artifact_dir)
     except BaseException as exc:  # the worker reports every failure to the runner, then exits non-zero
-        status = "oom" if _is_oom(exc) else "failed"
-        tail = traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]
-        result = {
-            "status": status,
-            "reason": f"{type(exc).__name__}: {exc}",
-            "traceback": "".join(tail),
-            "metrics": {},
-        }
+        result = failure_result(exc)
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, default=str))
     os.replace(tmp, result_path)  # the runner sees the whole result or none

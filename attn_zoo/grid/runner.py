@@ -1,27 +1,30 @@
-"""Run a suite's cells, each in its own worker process, writing every outcome to the store as it lands.
+"""Run a suite's cells through an executor, writing every outcome to the store as it lands.
 
-Resumable: cells already ``ok`` in the store are skipped; failed ones re-run only on request. A crash,
-out-of-memory or diverging loss fails one cell, not the grid.
+Resumable: cells already ``ok`` are skipped; failed ones re-run only with ``retry_failed``. Each cell is
+claimed in the store before it runs, so two runners on one suite share the work and never run a cell twice
+at once; a runner that dies leaves its cells to be taken over (see :meth:`Store.claim`). A crash,
+out-of-memory or diverging loss fails one cell, not the grid. A store that cannot be written (disk full,
+read-only) stops the grid with one clear error; what was written before stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from attn_zoo.grid.store import Store
+from attn_zoo.grid.executors import Executor, InlineExecutor, LocalExecutor, run_cell_in_worker
+from attn_zoo.grid.store import FAILED, STALE_AFTER_S, Store
 from attn_zoo.grid.suite import Cell, Suite
 from attn_zoo.measure.environment import environment
+
+__all__ = ["RunSummary", "default_store_path", "run_cell_in_worker", "run_suite"]
 
 
 @dataclasses.dataclass
@@ -32,108 +35,197 @@ class RunSummary:
     skipped: int = 0
     ok: int = 0
     failed: int = 0
+    elsewhere: int = 0  # held by another live runner when this one finished
     outcomes: dict[str, str] = dataclasses.field(default_factory=dict)
+    by_status: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def progress_note(self) -> str:
+        """``ok 3 failed 1 (oom 1)``: what the progress bar shows."""
+        failed = {k: v for k, v in self.by_status.items() if k != "ok" and v}
+        detail = f" ({', '.join(f'{k} {v}' for k, v in sorted(failed.items()))})" if failed else ""
+        return f"ok {self.ok} failed {self.failed}{detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "store": str(self.store)}
+
+
+class _Bar(tqdm):
+    monitor_interval = 0  # no monitor thread: workers are forked from this process
 
 
 def default_store_path(suite: Suite, out_dir: str | Path = "results") -> Path:
     return Path(out_dir) / f"{suite.name}.sqlite"
 
 
-def run_cell_in_worker(
-    cell: Cell, timeout_s: float | None = None, memory_limit_mb: int | None = None
-) -> dict[str, Any]:
-    """Run one cell in a fresh Python process; never raises for what happens inside the cell."""
-    with tempfile.TemporaryDirectory(prefix="attn_zoo_cell_") as tmp:
-        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec_path.write_text(json.dumps(dict(cell.spec)))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        preexec = _memory_cap(memory_limit_mb) if memory_limit_mb else None
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "attn_zoo.grid.cell", str(spec_path), str(result_path)],
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                env=env,
-                preexec_fn=preexec,
-            )
-        except subprocess.TimeoutExpired:
-            return {
-                "status": "timeout",
-                "reason": f"cell ran past its time limit of {timeout_s:.0f} s",
-                "metrics": {},
-            }
-        if result_path.exists():
-            return json.loads(result_path.read_text())
-        stderr = (proc.stderr or "").strip().splitlines()[-5:]
-        signal_note = f" (killed by signal {-proc.returncode})" if proc.returncode < 0 else ""
-        oom = proc.returncode == -9 or any("MemoryError" in line or "out of memory" in line for line in stderr)
-        return {
-            "status": "oom" if oom else "failed",
-            "reason": f"worker exited with code {proc.returncode}{signal_note}: " + " | ".join(stderr),
-            "metrics": {},
-        }
-
-
-def _memory_cap(limit_mb: int) -> Callable[[], None]:
-    def apply() -> None:
-        import resource
-
-        limit = limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return apply
+def artifact_root(store_path: Path, suite: Suite) -> Path:
+    """Where cells of ``suite`` write files: ``<out>/<suite>/artifacts/<cell_id>/``."""
+    return store_path.parent / suite.name / "artifacts"
 
 
 def run_suite(
     suite: Suite,
     store_path: str | Path | None = None,
     *,
+    executor: Executor | None = None,
     retry_failed: bool = False,
     progress: bool = True,
     command: str = "",
     timeout_s: float | None = None,
     memory_limit_mb: int | None = None,
     runner: Callable[[Cell], dict[str, Any]] | None = None,
+    heartbeat_s: float = 15.0,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> RunSummary:
-    """Run every cell of ``suite`` not yet finished in the store; returns what happened."""
-    store = Store(store_path or default_store_path(suite))
-    store.register_cells(suite.name, [(c.cell_id, c.label, c.mechanism, c.seed, dict(c.spec)) for c in suite.cells])
+    """Run every cell of ``suite`` not yet finished in the store; returns what happened.
+
+    ``executor`` runs the cells (default: :class:`LocalExecutor`, one worker process per cell, with
+    ``timeout_s`` and ``memory_limit_mb``); ``runner(cell) -> result`` is a shortcut for an
+    :class:`InlineExecutor` running that function in this process.
+    """
+    store_path = Path(store_path or default_store_path(suite))
+    store = Store(store_path)
+    store.register_cells(suite.name, suite.cells)
     run_id = store.start_run(suite.name, suite.path, suite.text, command, environment())
+    if executor is None:
+        executor = (
+            InlineExecutor(lambda cell, _dir: runner(cell))
+            if runner is not None
+            else LocalExecutor(1, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb)
+        )
     summary = RunSummary(store.path, total=len(suite.cells))
-    execute = runner or (lambda cell: run_cell_in_worker(cell, timeout_s, memory_limit_mb))
-    bar = tqdm(total=len(suite.cells), disable=not progress, unit="cell", desc=suite.name, dynamic_ncols=True)
+    artifacts = artifact_root(store_path, suite)
+
+    statuses = store.statuses()
+    settled = {c.cell_id for c in suite.cells if _settled(statuses.get(c.cell_id), retry_failed)}
+    bar = _Bar(
+        total=len(suite.cells),
+        initial=len(settled),
+        disable=not progress,
+        unit="cell",
+        desc=suite.name,
+        dynamic_ncols=True,
+    )
+    queue = deque(suite.cells)
+    held_elsewhere: list[Cell] = []
+    in_flight: dict[Any, tuple[Cell, float]] = {}
+    last_beat = time.monotonic()
+
+    def tick(note: str = "") -> None:
+        bar.set_postfix_str(summary.progress_note() + (f" | {note}" if note else ""), refresh=False)
+        bar.update(1)
+
     try:
-        for cell in suite.cells:
-            if not store.claim(cell.cell_id, run_id, retry_failed):
+        while queue or in_flight:
+            while queue and len(in_flight) < executor.slots:
+                cell = queue.popleft()
+                if store.claim(cell.cell_id, run_id, retry_failed, stale_after_s):
+                    bar.set_postfix_str(f"{summary.progress_note()} | {_name(cell)}")
+                    in_flight[executor.submit(cell, artifacts / cell.cell_id)] = (cell, time.perf_counter())
+                    continue
+                status = store.status(cell.cell_id)
+                if status == "running":
+                    held_elsewhere.append(cell)
+                    continue
                 summary.skipped += 1
-                summary.outcomes[cell.cell_id] = store.status(cell.cell_id) or "skipped"
-                bar.update(1)
-                continue
-            bar.set_postfix_str(f"{cell.label} seed {cell.seed} | ok {summary.ok} failed {summary.failed}")
-            start = time.perf_counter()
-            result = execute(cell)
-            metrics = dict(result.get("metrics", {}), cell_wall_s=time.perf_counter() - start)
-            spec = dict(cell.spec, model=result["model"]) if result.get("model") else None
-            store.finish_cell(
-                cell.cell_id,
-                result["status"],
-                metrics,
-                result.get("reason"),
-                result.get("environment"),
-                result.get("backends"),
-                spec,
-            )
-            summary.ran += 1
-            summary.outcomes[cell.cell_id] = result["status"]
-            if result["status"] == "ok":
-                summary.ok += 1
-            else:
-                summary.failed += 1
-                bar.write(f"  {cell.label} (seed {cell.seed}): {result['status']}: {result.get('reason')}")
-            bar.set_postfix_str(f"ok {summary.ok} failed {summary.failed}")
-            bar.update(1)
-    finally:
+                summary.outcomes[cell.cell_id] = status or "skipped"
+                if cell.cell_id not in settled:
+                    tick()
+            for token, result in executor.wait(heartbeat_s if in_flight else 0.0):
+                cell, start = in_flight.pop(token)
+                result = {
+                    **result,
+                    "metrics": {**(result.get("metrics") or {}), "cell_wall_s": time.perf_counter() - start},
+                }
+                _record(store, run_id, cell, result, artifacts, summary, bar)
+                tick()
+            if in_flight and time.monotonic() - last_beat > heartbeat_s:
+                store.heartbeat(run_id)
+                last_beat = time.monotonic()
+            if not queue and not in_flight and held_elsewhere:
+                # another runner held these; take over the ones whose runner has died since
+                retry = [c for c in held_elsewhere if store.status(c.cell_id) == "running"]
+                held_elsewhere = []
+                for cell in retry:
+                    if store.claim(cell.cell_id, run_id, retry_failed, stale_after_s):
+                        in_flight[executor.submit(cell, artifacts / cell.cell_id)] = (cell, time.perf_counter())
+                    else:
+                        held_elsewhere.append(cell)
+                if not in_flight:
+                    break
+        summary.elsewhere = len(held_elsewhere)
+        for cell in held_elsewhere:
+            summary.outcomes[cell.cell_id] = "running elsewhere"
+    except BaseException:
+        executor.shutdown()
         bar.close()
-        store.finish_run(run_id)
+        _release_quietly(store, run_id)
+        raise
+    bar.close()
+    executor.shutdown()
+    store.write_aggregates()
+    store.finish_run(run_id)
     return summary
+
+
+def _settled(status: str | None, retry_failed: bool) -> bool:
+    return status == "ok" or (status in FAILED and not retry_failed)
+
+
+def _name(cell: Cell) -> str:
+    return f"{cell.label}" + (f" ({cell.variant})" if cell.variant else "") + f" seed {cell.seed}"
+
+
+def _record(
+    store: Store, run_id: str, cell: Cell, result: dict[str, Any], artifacts: Path, summary: RunSummary, bar
+) -> None:
+    status = result.get("status", "failed")
+    if status not in ("ok", *FAILED):
+        status, result = "failed", {**result, "reason": f"unknown status {status!r}: {result.get('reason')}"}
+    reason = result.get("reason")
+    kept, dropped = _check_artifacts(result.get("artifacts") or {}, store.path.parent)
+    if dropped:
+        reason = (reason + "; " if reason else "") + f"ignored artifacts outside the results directory: {dropped}"
+    metrics = dict(result.get("metrics") or {})
+    spec = dict(cell.spec, model=result["model"]) if result.get("model") else None
+    written = store.finish_cell(
+        cell.cell_id,
+        status,
+        metrics,
+        reason,
+        result.get("environment"),
+        result.get("backends"),
+        spec,
+        run_id=run_id,
+        artifacts=kept,
+    )
+    summary.ran += 1
+    summary.outcomes[cell.cell_id] = status if written else "taken over"
+    if written:
+        summary.by_status[status] = summary.by_status.get(status, 0) + 1
+    if not written:
+        bar.write(f"  {_name(cell)}: another runner took this cell over; its result is kept")
+    elif status == "ok":
+        summary.ok += 1
+    else:
+        summary.failed += 1
+        bar.write(f"  {_name(cell)}: {status}: {reason}")
+
+
+def _check_artifacts(artifacts: dict[str, Any], root: Path) -> tuple[dict[str, str], list[str]]:
+    """Artifact paths relative to the store's directory; any path outside it is dropped."""
+    kept, dropped = {}, []
+    base = root.resolve()
+    for name, path in artifacts.items():
+        full = (root / str(path)).resolve()
+        if full.is_relative_to(base) and full.exists():
+            kept[str(name)] = str(full.relative_to(base))
+        else:
+            dropped.append(str(path))
+    return kept, dropped
+
+
+def _release_quietly(store: Store, run_id: str) -> None:
+    """Hand this run's claimed cells back (interrupted); if even that cannot be written, the next runner
+    takes them over as stale."""
+    with contextlib.suppress(Exception):  # the original error matters more
+        store.release(run_id)

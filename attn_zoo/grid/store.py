@@ -1,12 +1,22 @@
-"""The results store: one SQLite file per suite under ``results/``, written in transactions.
+"""The results store: one SQLite file per suite under ``results/``, every write one transaction.
 
 Tables:
-    runs(run_id, suite, suite_path, suite_toml, command, environment, started_at, finished_at)
-    cells(cell_id, suite, label, mechanism, seed, spec, status, reason, run_id, environment, backends,
-          started_at, finished_at, attempts)
-    metrics(cell_id, name, value)        -- one number per row: params, macs, latency_ms, val_top1, ...
+    runs(run_id, suite, suite_path, suite_toml, command, environment, started_at, finished_at, worker)
+    cells(cell_id, config_id, suite, label, mechanism, variant, seed, spec, factors, status, reason, run_id,
+          environment, backends, started_at, finished_at, heartbeat_at, attempts, worker)
+    metrics(cell_id, name, value)            -- one number per row: params, macs, latency_median_ms, val_top1
+    artifacts(cell_id, name, path)           -- files a cell wrote (e.g. an ERF map), relative to the store
+    aggregates(config_id, label, variant, metric, n, mean, std, ci95, updated_at)
+                                              -- per configuration without the seed: mean, std, 95% CI
 
 A cell's status is one of ``pending``, ``running``, ``ok``, ``failed``, ``diverged``, ``oom``, ``timeout``.
+``attempts`` counts how often a runner claimed the cell. A runner claims a cell before running it (one
+``BEGIN IMMEDIATE`` transaction, so two runners never hold the same cell); a ``running`` cell whose runner
+is gone (dead process on this host, or no heartbeat for ``stale_after_s`` from another host) is taken over.
+A finish is written only while the runner still holds the claim, so a cell is never recorded twice.
+
+Every SQLite failure (disk full, read-only directory, a lock held too long) becomes one :class:`StoreError`
+naming the file and what to do; the transaction is rolled back, so the store stays as it was.
 Plots and tables are made from stored rows, never from variables still in memory.
 """
 
@@ -16,15 +26,20 @@ import contextlib
 import json
 import math
 import os
+import socket
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from attn_zoo.errors import AttnZooError
+
 STATUSES = ("pending", "running", "ok", "failed", "diverged", "oom", "timeout")
-FINISHED = ("ok",)
+FAILED = ("failed", "diverged", "oom", "timeout")
+STALE_AFTER_S = 300.0  # no heartbeat for this long from another host: the runner is presumed dead
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -40,41 +55,103 @@ CREATE TABLE IF NOT EXISTS metrics (
     cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE, name TEXT NOT NULL, value REAL,
     PRIMARY KEY (cell_id, name)
 );
+CREATE TABLE IF NOT EXISTS artifacts (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id) ON DELETE CASCADE, name TEXT NOT NULL, path TEXT NOT NULL,
+    PRIMARY KEY (cell_id, name)
+);
+CREATE TABLE IF NOT EXISTS aggregates (
+    config_id TEXT NOT NULL, label TEXT, variant TEXT, metric TEXT NOT NULL, n INTEGER, mean REAL, std REAL,
+    ci95 REAL, updated_at REAL, PRIMARY KEY (config_id, metric)
+);
 CREATE INDEX IF NOT EXISTS cells_status ON cells(status);
 """
+# columns added after the first release; older stores get them on open
+_ADDED_COLUMNS = {
+    "cells": (("config_id", "TEXT"), ("variant", "TEXT"), ("factors", "TEXT"), ("heartbeat_at", "REAL")),
+    "runs": (("worker", "TEXT"),),
+}
+
+
+class StoreError(AttnZooError, RuntimeError):
+    """The results store cannot be read or written; the message names the file and what to do."""
+
+
+def _explain(path: Path, exc: BaseException) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "full" in low or getattr(exc, "errno", None) == 28:
+        hint = "the disk is full: free space or choose another --out directory"
+    elif "readonly" in low or "read-only" in low or "permission" in low or "unable to open" in low:
+        hint = "it is not writable (read-only file or directory?): fix the permissions or choose another --out"
+    elif "locked" in low or "busy" in low:
+        hint = "another process held its write lock for too long: try again"
+    elif "malformed" in low or "not a database" in low:
+        hint = "the file is not a healthy SQLite store"
+    else:
+        hint = "see the SQLite message"
+    return f"results store {str(path)!r}: {text} ({hint}; cells finished before are kept)"
 
 
 class Store:
-    """A suite's SQLite store. Safe to open from several processes (WAL journal, busy timeout)."""
+    """A suite's SQLite store. Safe to open from several processes (WAL journal, busy timeout).
 
-    def __init__(self, path: str | Path):
+    ``readonly=True`` opens without writing anything (for ``attn-zoo results/report`` on a store someone
+    else owns, or one on read-only media).
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"results store {str(self.path)!r} does not exist")
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(_explain(self.path.parent, exc)) from None
         with self._connect() as db:
             db.executescript(_SCHEMA)
+        with self.transaction() as db:  # serialised, so two runners opening an old store migrate it once
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=60000")
+            if self.readonly:
+                db = _open_readonly(self.path)
+            else:
+                db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                db.execute("PRAGMA busy_timeout=60000")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(self.path, exc)) from None
+        try:
             yield db
+        except sqlite3.Error as exc:
+            raise StoreError(_explain(self.path, exc)) from None
         finally:
             db.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE): all of it lands or none of it."""
+        if self.readonly:
+            raise StoreError(f"results store {str(self.path)!r} was opened read-only")
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already (disk full)
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     # -- runs -------------------------------------------------------------------------------------------
     def start_run(
@@ -83,57 +160,100 @@ class Store:
         run_id = uuid.uuid4().hex[:12]
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                (run_id, suite, suite_path, suite_toml, command, json.dumps(environment), time.time()),
+                "INSERT INTO runs (run_id, suite, suite_path, suite_toml, command, environment, started_at, worker) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, suite, suite_path, suite_toml, command, json.dumps(environment), time.time(), worker_id()),
             )
         return run_id
 
     def finish_run(self, run_id: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET finished_at = ? WHERE run_id = ?", (time.time(), run_id))
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Fold the WAL journal into the main file, so the ``.sqlite`` file alone holds everything."""
+        with self._connect() as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def runs(self) -> list[dict[str, Any]]:
         with self._connect() as db:
             db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY started_at")]
+            rows = [dict(r) for r in db.execute("SELECT * FROM runs ORDER BY started_at")]
+        for row in rows:
+            row["environment"] = json.loads(row["environment"]) if row.get("environment") else {}
+        return rows
 
     # -- cells ------------------------------------------------------------------------------------------
-    def register_cells(self, suite: str, cells: list[tuple[str, str, str, int, Mapping[str, Any]]]) -> None:
-        """Add ``(cell_id, label, mechanism, seed, spec)`` rows that are not there yet (status pending)."""
+    def register_cells(self, suite: str, cells: Sequence[Any]) -> None:
+        """Add cells (:class:`~attn_zoo.grid.suite.Cell`) that are not there yet, status ``pending``."""
+        rows = [
+            (
+                c.cell_id,
+                c.config_id,
+                suite,
+                c.label,
+                c.mechanism,
+                c.variant,
+                c.seed,
+                json.dumps(dict(c.spec), sort_keys=True),
+                json.dumps(c.factors),
+            )
+            for c in cells
+        ]
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO cells (cell_id, suite, label, mechanism, seed, spec) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (cid, suite, label, mech, seed, json.dumps(spec, sort_keys=True))
-                    for cid, label, mech, seed, spec in cells
-                ],
+                "INSERT OR IGNORE INTO cells (cell_id, config_id, suite, label, mechanism, variant, seed, spec, "
+                "factors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            # cells stored by an older version lack these; fill them in without touching results
+            db.executemany(
+                "UPDATE cells SET config_id=?, variant=?, factors=? WHERE cell_id=? AND config_id IS NULL",
+                [(r[1], r[5], r[8], r[0]) for r in rows],
             )
 
-    def claim(self, cell_id: str, run_id: str, retry_failed: bool, stale_after_s: float | None = None) -> bool:
-        """Mark a cell running for this run if no one else holds it; ``False`` when it is done or taken.
+    def claim(
+        self, cell_id: str, run_id: str, retry_failed: bool = False, stale_after_s: float = STALE_AFTER_S
+    ) -> bool:
+        """Mark a cell ``running`` for this run if no one else holds it; ``False`` when it is done or taken.
 
-        A ``running`` cell whose worker is gone (a killed runner) is taken over after ``stale_after_s``
-        seconds without a heartbeat; finished cells are never re-run.
+        Finished (``ok``) cells are never claimed. Failed ones only with ``retry_failed``. A ``running`` cell
+        is taken over when its runner is gone: the process is dead (same host; checked by pid and start
+        time, so a reused pid does not count), or no heartbeat came for ``stale_after_s`` (another host).
         """
-        allowed = ["pending"] + (["failed", "diverged", "oom", "timeout"] if retry_failed else [])
+        allowed = ["pending", *(FAILED if retry_failed else ())]
         with self.transaction() as db:
-            row = db.execute("SELECT status, worker, started_at FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
+            row = db.execute(
+                "SELECT status, worker, started_at, heartbeat_at FROM cells WHERE cell_id = ?", (cell_id,)
+            ).fetchone()
             if row is None:
                 return False
-            status, worker, started = row
-            stale = (
-                status == "running"
-                and not _worker_alive(worker)
-                and (stale_after_s is None or time.time() - (started or 0) > stale_after_s)
-            )
+            status, worker, started, heartbeat = row
+            stale = status == "running" and _is_stale(worker, heartbeat or started, stale_after_s)
             if status not in allowed and not stale:
                 return False
+            now = time.time()
             db.execute(
-                "UPDATE cells SET status='running', run_id=?, started_at=?, attempts=attempts+1, worker=?, "
-                "reason=NULL WHERE cell_id=?",
-                (run_id, time.time(), _worker_id(), cell_id),
+                "UPDATE cells SET status='running', run_id=?, started_at=?, heartbeat_at=?, attempts=attempts+1, "
+                "worker=?, reason=NULL WHERE cell_id=?",
+                (run_id, now, now, worker_id(), cell_id),
             )
             return True
+
+    def heartbeat(self, run_id: str) -> None:
+        """Say that this run still works on the cells it holds."""
+        with self.transaction() as db:
+            db.execute("UPDATE cells SET heartbeat_at=? WHERE run_id=? AND status='running'", (time.time(), run_id))
+
+    def release(self, run_id: str, reason: str = "interrupted") -> int:
+        """Put the cells this run holds back to ``pending`` (an interrupted run); returns how many."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE cells SET status='pending', reason=?, worker=NULL WHERE run_id=? AND status='running'",
+                (reason, run_id),
+            )
+            return cur.rowcount
 
     def finish_cell(
         self,
@@ -144,14 +264,22 @@ class Store:
         environment: Mapping[str, Any] | None = None,
         backends: Any = None,
         spec: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Write a cell's outcome and metrics in one transaction."""
+        *,
+        run_id: str | None = None,
+        artifacts: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Write a cell's outcome, metrics and artifacts in one transaction.
+
+        With ``run_id``, only while that run still holds the cell (``False`` otherwise: another runner took it
+        over, and its result wins).
+        """
         if status not in STATUSES:
             raise ValueError(f"status {status!r} not in {STATUSES}")
         with self.transaction() as db:
-            db.execute(
+            guard = " AND run_id=? AND status='running'" if run_id else ""
+            cur = db.execute(
                 "UPDATE cells SET status=?, reason=?, finished_at=?, environment=COALESCE(?, environment), "
-                "backends=COALESCE(?, backends), worker=NULL WHERE cell_id=?",
+                "backends=COALESCE(?, backends), worker=NULL WHERE cell_id=?" + guard,
                 (
                     status,
                     reason,
@@ -159,8 +287,11 @@ class Store:
                     json.dumps(environment) if environment else None,
                     json.dumps(backends) if backends is not None else None,
                     cell_id,
+                    *((run_id,) if run_id else ()),
                 ),
             )
+            if cur.rowcount == 0:
+                return False
             if spec is not None:
                 db.execute("UPDATE cells SET spec=? WHERE cell_id=?", (json.dumps(spec, sort_keys=True), cell_id))
             db.execute("DELETE FROM metrics WHERE cell_id = ?", (cell_id,))
@@ -168,18 +299,28 @@ class Store:
                 "INSERT INTO metrics VALUES (?, ?, ?)",
                 [(cell_id, k, float(v)) for k, v in (metrics or {}).items() if _is_number(v)],
             )
+            db.execute("DELETE FROM artifacts WHERE cell_id = ?", (cell_id,))
+            db.executemany(
+                "INSERT INTO artifacts VALUES (?, ?, ?)", [(cell_id, k, str(v)) for k, v in (artifacts or {}).items()]
+            )
+        return True
 
     def status(self, cell_id: str) -> str | None:
         with self._connect() as db:
             row = db.execute("SELECT status FROM cells WHERE cell_id = ?", (cell_id,)).fetchone()
         return row[0] if row else None
 
+    def statuses(self) -> dict[str, str]:
+        """``{cell_id: status}`` of every cell."""
+        with self._connect() as db:
+            return dict(db.execute("SELECT cell_id, status FROM cells").fetchall())
+
     def counts(self) -> dict[str, int]:
         with self._connect() as db:
             return dict(db.execute("SELECT status, COUNT(*) FROM cells GROUP BY status").fetchall())
 
     def cells(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Cells with their metrics as a ``metrics`` dict and the spec decoded."""
+        """Cells with their metrics as a ``metrics`` dict, artifacts as ``artifacts``, JSON columns decoded."""
         with self._connect() as db:
             db.row_factory = sqlite3.Row
             query = "SELECT * FROM cells" + (" WHERE status = ?" if status else "") + " ORDER BY rowid"
@@ -187,14 +328,28 @@ class Store:
             metrics: dict[str, dict[str, float]] = {}
             for cid, name, value in db.execute("SELECT cell_id, name, value FROM metrics"):
                 metrics.setdefault(cid, {})[name] = value
+            artifacts: dict[str, dict[str, str]] = {}
+            for cid, name, value in db.execute("SELECT cell_id, name, path FROM artifacts"):
+                artifacts.setdefault(cid, {})[name] = value
         for row in rows:
-            for key in ("spec", "environment", "backends"):
-                row[key] = json.loads(row[key]) if row[key] else None
+            for key in ("spec", "environment", "backends", "factors"):
+                row[key] = json.loads(row[key]) if row.get(key) else None
             row["metrics"] = metrics.get(row["cell_id"], {})
+            row["artifacts"] = artifacts.get(row["cell_id"], {})
         return rows
 
     def frame(self, status: str | None = "ok"):
-        """A pandas DataFrame, one row per cell: identity columns, the cell's knobs, then every metric."""
+        """A pandas DataFrame, one row per cell (``status=None``: every cell). Columns:
+
+        identity: ``cell_id``, ``config_id`` (the configuration without the seed), ``suite``, ``label``
+        (mechanism or preset), ``mechanism``, ``variant`` (factor values other than mechanism and seed, e.g.
+        ``"window=4"``), ``seed``, ``status``, ``reason``, ``attempts``; configuration: ``img_size``,
+        ``dims``, ``depths`` (JSON), ``data`` (source), ``backends``, ``device``, ``knob.<name>`` for each knob
+        set by the suite, ``factor.<key>`` for each grid factor; then every metric by name (``params``,
+        ``macs``, ``flops``, ``attention_macs``, ``latency_median_ms``, ``latency_iqr_ms``,
+        ``throughput_img_s``, ``val_top1``, ``budget_target``, ``diverged_step``, ``cell_wall_s``, ...) and
+        ``artifact.<name>`` paths (relative to the store's directory).
+        """
         import pandas as pd
 
         records = []
@@ -202,12 +357,15 @@ class Store:
             spec = row["spec"] or {}
             record = {
                 "cell_id": row["cell_id"],
+                "config_id": row.get("config_id"),
                 "suite": row["suite"],
                 "label": row["label"],
                 "mechanism": row["mechanism"],
+                "variant": row.get("variant") or "",
                 "seed": row["seed"],
                 "status": row["status"],
                 "reason": row["reason"],
+                "attempts": row["attempts"],
                 "img_size": (spec.get("model") or {}).get("img_size"),
                 "dims": json.dumps((spec.get("model") or {}).get("dims")),
                 "depths": json.dumps((spec.get("model") or {}).get("depths")),
@@ -216,35 +374,146 @@ class Store:
                 "device": (row["environment"] or {}).get("device_name"),
             }
             for key, value in (spec.get("knobs") or {}).items():
-                record[f"knob.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else value
+                record[f"knob.{key}"] = _scalar(value)
+            for key, value in (row["factors"] or {}).items():
+                if key not in ("mechanism", "seed"):
+                    record[f"factor.{key}"] = _scalar(value.get("name", value) if isinstance(value, dict) else value)
             record.update(row["metrics"])
+            for name, path in row["artifacts"].items():
+                record[f"artifact.{name}"] = path
             records.append(record)
         return pd.DataFrame.from_records(records)
 
+    # -- aggregates -------------------------------------------------------------------------------------
+    def write_aggregates(self) -> int:
+        """Recompute the ``aggregates`` table (mean, std, 95% CI over seeds per configuration) from the
+        ``ok`` cells, in one transaction; returns the number of rows."""
+        from attn_zoo.report.tables import aggregate_long
+
+        frame = self.frame()
+        rows = aggregate_long(frame) if len(frame) else []
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("DELETE FROM aggregates")
+            db.executemany(
+                "INSERT INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r["config_id"], r["label"], r["variant"], r["metric"], r["n"], *_nums(r), now) for r in rows],
+            )
+        return len(rows)
+
+    def aggregates(self):
+        """Aggregated rows as a long DataFrame: config_id, label, variant, metric, n, mean, std, ci95."""
+        import pandas as pd
+
+        with self._connect() as db:
+            return pd.read_sql_query(
+                "SELECT config_id, label, variant, metric, n, mean, std, ci95 FROM aggregates "
+                "ORDER BY label, variant, metric",
+                db,
+            )
+
+    # -- export -----------------------------------------------------------------------------------------
     def integrity_check(self) -> str:
         with self._connect() as db:
             return db.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+def export_frame(frame, path: str | Path) -> Path:
+    """Write a DataFrame as CSV or Parquet, by the file's suffix."""
+    path = Path(path)
+    try:
+        if path.suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif path.suffix in (".parquet", ".pq"):
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise AttnZooError("Parquet export needs pyarrow: pip install 'attn-zoo[parquet]'") from None
+            # mixed-type columns (a knob that is 4 in one cell and "auto" in another) become text
+            out = frame.copy()
+            for col in out.columns:
+                if out[col].dtype == object:
+                    out[col] = out[col].map(lambda v: None if v is None else str(v))
+            out.to_parquet(path, index=False)
+        else:
+            raise AttnZooError(f"export file {str(path)!r}: unknown format; allowed suffixes: .csv, .parquet")
+    except OSError as exc:
+        raise AttnZooError(f"cannot write {str(path)!r}: {exc}") from None
+    return path
+
+
+def _scalar(value: Any) -> Any:
+    """A knob or factor value as one cell of a table: per-stage values as ``8/4/2/1``, lists as JSON."""
+    if isinstance(value, dict) and set(value) == {"per_stage"} and isinstance(value["per_stage"], list):
+        return "/".join(str(v) for v in value["per_stage"])
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _nums(row: Mapping[str, Any]) -> tuple[float | None, ...]:
+    return tuple(None if v is None or math.isnan(v) else float(v) for v in (row["mean"], row["std"], row["ci95"]))
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def _worker_id() -> str:
-    return f"{os.uname().nodename}:{os.getpid()}"
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """Read without writing: ``mode=ro``; on read-only media (no -shm file can be made), ``immutable=1``."""
+    uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
 
 
-def _worker_alive(worker: str | None) -> bool:
-    """Whether the runner process that claimed a cell still lives (only knowable on this host)."""
+# -- who holds a cell --------------------------------------------------------------------------------------
+_HOST = socket.gethostname()
+_local = threading.local()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def worker_id() -> str:
+    """``host:pid:start`` of this process: the start time tells a live runner from a reused pid."""
+    pid = os.getpid()
+    if getattr(_local, "pid", None) != pid:
+        _local.pid, _local.id = pid, f"{_HOST}:{pid}:{_start_time(pid) or ''}"
+    return _local.id
+
+
+def worker_alive(worker: str | None) -> bool | None:
+    """Whether the runner that claimed a cell still lives: True/False on this host, None elsewhere."""
     if not worker:
         return False
-    host, _, pid = worker.rpartition(":")
-    if host != os.uname().nodename:
-        return True  # another machine: trust it (stale_after_s decides)
+    parts = worker.rsplit(":", 2)
+    if len(parts) == 2:  # stores from before the start time was recorded: host:pid
+        parts.append("")
+    host, pid, start = parts
+    if host != _HOST:
+        return None
     try:
-        os.kill(int(pid), 0)
+        pid_int = int(pid)
+        os.kill(pid_int, 0)
     except (ProcessLookupError, ValueError):
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # alive, owned by another user
+    # a different start time: the pid now belongs to another process
+    return not (start and _start_time(pid_int) not in (None, start))
+
+
+def _is_stale(worker: str | None, last_seen: float | None, stale_after_s: float) -> bool:
+    alive = worker_alive(worker)
+    if alive is None:
+        return time.time() - (last_seen or 0) > stale_after_s
+    return not alive

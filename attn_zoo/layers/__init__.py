@@ -1,1 +1,1 @@
-"""Shared building blocks: attention kernels, window helpers, stems, downsamplers, heads, position encodings."""
+"""Shared building blocks: attention kernels, windows, stems, downsamplers, heads, position encodings."""

@@ -14,12 +14,17 @@ import torch
 
 from attn_zoo.errors import BackendUnavailableError, UnknownNameError
 
-# name -> function(device) returning None when the path runs on that device, else the reason it does not
-_CHECKS: dict[str, Callable[[torch.device], str | None]] = {}
+Check = Callable[[torch.device], str | None]
+# name -> function(device) returning None when the path is a usable fast path on that device, else why not
+_CHECKS: dict[str, Check] = {}
+# name -> function(device) returning None when a forced run can execute at all (e.g. natten's forward-only
+# CPU path, used for parity checks), else why not; defaults to the check above
+_RUNS: dict[str, Check] = {}
 
 
-def register_backend(name: str, check: Callable[[torch.device], str | None]) -> None:
+def register_backend(name: str, check: Check, runs: Check | None = None) -> None:
     _CHECKS[name] = check
+    _RUNS[name] = runs or check
 
 
 def unavailable_reason(name: str, device: torch.device | str) -> str | None:
@@ -39,7 +44,7 @@ def resolve_backend(requested: str, candidates: Sequence[str], device: torch.dev
         raise BackendUnavailableError(f"{owner}: no attention path runs on {device} (tried {list(candidates)})")
     if requested not in candidates:
         raise UnknownNameError(f"backend for {owner}", requested, ("auto", *candidates))
-    reason = unavailable_reason(requested, device)
+    reason = _RUNS[requested](device)
     if reason is not None:
         raise BackendUnavailableError(f"{owner}: backend {requested!r} cannot run on {device}: {reason}")
     return requested

@@ -45,18 +45,22 @@ class ConvDownsample(nn.Module):
 
 
 class ReduceSize(nn.Module):
-    """GC-ViT's downsampler: LN -> MbConv residual -> Conv3x3 s2 (no bias) -> LN (``stride=1`` keeps the size)."""
+    """GC-ViT's downsampler: LN -> MbConv residual -> Conv3x3 s2 (no bias) -> LN (``stride=1`` keeps the size).
+
+    Parameter names follow timm's ``gcvit.Downsample2d`` (``norm1``, ``conv_block``, ``reduction``, ``norm2``);
+    the official ``ReduceSize`` names the residual block ``conv``.
+    """
 
     def __init__(self, dim: int, out_dim: int, eps: float = 1e-5, stride: int = 2):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.conv = MbConvBlock(dim)
+        self.conv_block = MbConvBlock(dim)
         self.reduction = nn.Conv2d(dim, out_dim, 3, stride, 1, bias=False)
         self.norm2 = nn.LayerNorm(out_dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x).permute(0, 3, 1, 2)
-        x = self.reduction(self.conv(x))
+        x = self.reduction(self.conv_block(x))
         return self.norm2(x.permute(0, 2, 3, 1))
 
 

@@ -54,15 +54,19 @@ class ConvBNStem(nn.Module):
 
 
 class GCViTStem(nn.Module):
-    """GC-ViT's stem: Conv3x3 (stride 2 at p = 4, with bias), then ReduceSize keeping the width (stride 2)."""
+    """GC-ViT's stem: Conv3x3 (stride 2 at p = 4, with bias), then ReduceSize keeping the width (stride 2).
+
+    Parameter names follow timm's ``gcvit.Stem`` (``conv1``, ``down``); the official ``PatchEmbed`` calls
+    them ``proj`` and ``conv_down``.
+    """
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, eps: float = 1e-5):
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, 3, 2 if patch_size == 4 else 1, 1)
-        self.conv_down = ReduceSize(dim, dim, eps, stride=2 if patch_size >= 2 else 1)
+        self.conv1 = nn.Conv2d(in_chans, dim, 3, 2 if patch_size == 4 else 1, 1)
+        self.down = ReduceSize(dim, dim, eps, stride=2 if patch_size >= 2 else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_down(self.proj(x).permute(0, 2, 3, 1))
+        return self.down(self.conv1(x).permute(0, 2, 3, 1))
 
 
 STEMS = ("patch", "conv", "conv_bn", "gcvit")

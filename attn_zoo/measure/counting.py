@@ -67,13 +67,21 @@ def count_model(
 
 
 def analytic_attention_macs(model: nn.Module, img_size: int | tuple[int, int]) -> int:
-    """Sum of every mixer's declared formula at the stage sizes a forward pass at ``img_size`` gives."""
+    """Sum of every mixer's declared formula at the stage sizes a forward pass at ``img_size`` gives.
+
+    Per-stage context modules (GC-ViT's global query generator) that declare ``attention_macs(H, W)`` for
+    their ``(B, H, W, C)`` input count too, once per stage, as in :func:`count_model`.
+    """
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    owned = [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, Mixer) or (name.split(".")[-2:-1] == ["contexts"] and hasattr(m, "attention_macs"))
+    ]
     sizes: dict[int, tuple[int, int]] = {}
     hooks = [
         m.register_forward_pre_hook(lambda mod, args: sizes.__setitem__(id(mod), tuple(args[0].shape[1:3])))
-        for m in model.modules()
-        if isinstance(m, Mixer)
+        for m in owned
     ]
     try:
         with torch.no_grad():
@@ -81,4 +89,4 @@ def analytic_attention_macs(model: nn.Module, img_size: int | tuple[int, int]) -
     finally:
         for hook in hooks:
             hook.remove()
-    return sum(m.attention_macs(*sizes[id(m)]) for m in model.modules() if isinstance(m, Mixer))
+    return sum(m.attention_macs(*sizes[id(m)]) for m in owned if id(m) in sizes)

@@ -63,6 +63,12 @@ class Mixer(nn.Module):
         """Per-stage context module, run once on the stage input; ``None`` when the mechanism needs none."""
         return None
 
+    @property
+    def uses_context(self) -> bool:
+        """Whether this block reads the per-stage context; the harness builds a stage's context only if one does
+        (GC-ViT's local blocks do not, so an all-local ablation carries no global query generator)."""
+        return True
+
     @classmethod
     def validate_knobs(cls, knobs: Mapping[str, Any]) -> None:
         """Check value constraints of resolved knobs (types are already checked); raise ``KnobError``."""

@@ -1,0 +1,149 @@
+"""Checking suite values against what exists: the config dataclasses' fields and types, finite numbers,
+output directories that stay inside the results directory, and the one error type, :class:`SuiteError`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from attn_zoo.errors import AttnZooError
+
+
+class SuiteError(AttnZooError, ValueError):
+    """A suite file that cannot run: names the file, the key, the value and what is allowed."""
+
+    def __init__(self, path: str | Path, key: str, message: str):
+        self.path, self.key, self.message = str(path), key, message
+        # one line whatever the file holds: a key or a message with control characters is shown escaped
+        shown_key, shown = _printable(key), _printable(message)
+        super().__init__(
+            f"{_printable(str(path))}: [{shown_key}] {shown}" if key else f"{_printable(str(path))}: {shown}"
+        )
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+# keys a section table may hold besides its config fields
+_EXTRA_KEYS = {"model": ("preset", "mechanism"), "train": ("seed",)}
+
+
+def show(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def type_ok(value: Any, ann: Any) -> bool:
+    if ann is Any:
+        return True
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return any(type_ok(value, a) for a in typing.get_args(ann))
+    if ann is type(None):
+        return value is None
+    if ann is bool:
+        return isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ann is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        args = typing.get_args(ann)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(type_ok(v, args[0]) for v in value)
+        return len(args) == len(value) and all(type_ok(v, a) for v, a in zip(value, args))
+    if origin in (dict, Mapping) or ann in (dict, Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def type_name(ann: Any) -> str:
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        names = [type_name(a) for a in typing.get_args(ann) if a is not type(None)]
+        return " or ".join(names)
+    if origin is tuple:
+        args = typing.get_args(ann)
+        inner = type_name(args[0]) if args else "value"
+        return f"a list of {inner.removeprefix('an ').removeprefix('a ')}s"
+    return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(
+        ann, getattr(ann, "__name__", str(ann))
+    )
+
+
+def section_fields(section: str) -> dict[str, Any]:
+    """Field name -> type annotation of the config behind ``section``."""
+    from attn_zoo.backbone.config import ModelConfig
+    from attn_zoo.grid.suite import MEASURE_DEFAULTS
+    from attn_zoo.train.budget import Budget
+    from attn_zoo.train.data import DataConfig
+    from attn_zoo.train.recipe import TrainConfig
+
+    if section == "measure":
+        return {k: type(v) for k, v in MEASURE_DEFAULTS.items()}
+    cls = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "budget": Budget}[section]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+    if section == "data":
+        fields.pop("options", None)
+    for extra in _EXTRA_KEYS.get(section, ()):
+        fields[extra] = int if extra == "seed" else str
+    return fields
+
+
+def check_table(path: Path, key: str, section: str, table: Mapping[str, Any], named: bool = False) -> None:
+    """Every key of ``table`` is a field of ``section`` with a value of its type (data: options pass)."""
+    fields = section_fields(section)
+    for name, value in table.items():
+        if named and name == "name":
+            if not isinstance(value, str) or not value:
+                raise SuiteError(path, f"{key}.name", f"must be a non-empty string, got {show(value)}")
+            continue
+        if name not in fields:
+            if section == "data":  # source-specific options, checked by the source itself
+                check_plain(path, f"{key}.{name}", value)
+                continue
+            allowed = ", ".join(sorted(fields))
+            raise SuiteError(path, f"{key}.{name}", f"unknown key in [{section}]; allowed: {allowed}")
+        check_value(path, f"{key}.{name}", value, fields[name])
+        if name.endswith("_dir") and section != "data":
+            check_output_dir(path, f"{key}.{name}", value)
+
+
+def check_output_dir(path: Path, key: str, value: Any) -> None:
+    """A directory a cell writes to is relative to the results directory and stays inside it."""
+    if isinstance(value, str) and (Path(value).is_absolute() or ".." in Path(value).parts or value.startswith("~")):
+        raise SuiteError(
+            path, key, f"{value!r}: output directories are relative to the results directory (no '..', '/', '~')"
+        )
+
+
+def check_value(path: Path, key: str, value: Any, ann: Any) -> None:
+    check_plain(path, key, value)
+    if not type_ok(value, ann):
+        raise SuiteError(path, key, f"must be {type_name(ann)}, got {show(value)}")
+
+
+def check_plain(path: Path, key: str, value: Any) -> None:
+    """No NaN/inf and no dates anywhere: values must round-trip through JSON unchanged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SuiteError(path, key, f"must be a finite number, got {value!r}")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_plain(path, key, item)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            check_plain(path, f"{key}.{k}", item)
+    elif not isinstance(value, (str, int, float, bool)):
+        raise SuiteError(path, key, f"must be a number, string, boolean, list or table, got {show(value)}")

@@ -1,0 +1,274 @@
+"""Where cells run. The runner claims cells in the store and hands them to an executor; the executor only runs
+them and reports results, so any executor (local processes now, Ray later) gets resumability, claiming and
+the store's guarantees for free.
+
+An executor has ``slots`` (cells it runs at once), ``submit(cell, artifact_dir) -> token``,
+``wait(timeout_s) -> [(token, result), ...]`` (results finished so far, waiting at most ``timeout_s``) and
+``shutdown()`` (stop whatever still runs). A result is a dict with at least ``status``, ``metrics`` and
+``reason`` (see :mod:`attn_zoo.grid.cell`). ``wait`` must return every submitted token exactly once, with a
+result even when the cell's process died. New executors register with :func:`register_executor`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from attn_zoo.errors import ConfigError
+from attn_zoo.grid.cell import failure_result, is_oom_message
+from attn_zoo.grid.suite import Cell
+
+Result = dict[str, Any]
+
+
+class Executor(Protocol):
+    name: str
+    slots: int
+
+    def submit(self, cell: Cell, artifact_dir: Path) -> Any: ...
+
+    def wait(self, timeout_s: float) -> list[tuple[Any, Result]]: ...
+
+    def shutdown(self) -> None: ...
+
+
+_EXECUTORS: dict[str, Callable[..., Executor]] = {}
+
+
+def register_executor(name: str) -> Callable[[Callable[..., Executor]], Callable[..., Executor]]:
+    """Register a factory ``(**options) -> Executor`` under ``name`` (``attn-zoo run --executor NAME``)."""
+
+    def wrap(factory: Callable[..., Executor]) -> Callable[..., Executor]:
+        _EXECUTORS[name] = factory
+        return factory
+
+    return wrap
+
+
+def executor_names() -> list[str]:
+    return sorted(_EXECUTORS)
+
+
+def create_executor(name: str, **options: Any) -> Executor:
+    if name not in _EXECUTORS:
+        raise ConfigError(f"executor {name!r} unknown; allowed: {', '.join(executor_names())}")
+    return _EXECUTORS[name](**options)
+
+
+# -- in this process ------------------------------------------------------------------------------------
+@register_executor("inline")
+class InlineExecutor:
+    """Cells run one at a time inside the runner's process (for debugging and tests: no isolation, a hard
+    crash ends the grid). ``fn(cell, artifact_dir) -> result``; its exceptions become the cell's result."""
+
+    name = "inline"
+    slots = 1
+
+    def __init__(self, fn: Callable[..., Result] | None = None, **_: Any):
+        self.fn = fn or _run_inline
+        self._done: list[tuple[Any, Result]] = []
+        self._tokens = itertools.count()
+
+    def submit(self, cell: Cell, artifact_dir: Path) -> Any:
+        token = next(self._tokens)
+        try:
+            result = self.fn(cell, artifact_dir)
+        except Exception as exc:  # the cell's failure, not the runner's (KeyboardInterrupt still stops)
+            result = failure_result(exc)
+        self._done.append((token, result))
+        return token
+
+    def wait(self, timeout_s: float) -> list[tuple[Any, Result]]:
+        done, self._done = self._done, []
+        return done
+
+    def shutdown(self) -> None:
+        self._done = []
+
+
+def _run_inline(cell: Cell, artifact_dir: Path) -> Result:
+    from attn_zoo.grid.cell import run_cell
+
+    return run_cell(cell.spec, artifact_dir=artifact_dir)
+
+
+# -- one process per cell ---------------------------------------------------------------------------------
+def _libc_prctl() -> Callable[..., int] | None:
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if not name:
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(name, use_errno=True).prctl
+    return None
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_setup(memory_limit_mb: int | None) -> Callable[[], None]:
+    """Runs in the child between fork and exec: die with the runner; cap the data segment.
+
+    RLIMIT_DATA (heap and anonymous mappings) rather than RLIMIT_AS: torch maps gigabytes of address space
+    for its shared libraries, so an address-space cap fails ``import torch`` before the cell starts.
+    """
+    limit = memory_limit_mb * 1024 * 1024 if memory_limit_mb else None
+
+    def setup() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a SIGKILLed runner takes its workers along
+        if limit is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    return setup
+
+
+@register_executor("local")
+class LocalExecutor:
+    """Each cell in a fresh Python process (``python -m attn_zoo.grid.cell``), ``jobs`` at a time.
+
+    A crash, out-of-memory, NaN or hang fails that cell only. ``timeout_s`` stops a cell that runs too long;
+    ``memory_limit_mb`` caps each worker's memory (Linux). ``command`` replaces the worker command line
+    (it gets ``SPEC.json RESULT.json ARTIFACT_DIR`` appended).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        jobs: int = 1,
+        timeout_s: float | None = None,
+        memory_limit_mb: int | None = None,
+        command: Sequence[str] | None = None,
+        **_: Any,
+    ):
+        if not isinstance(jobs, int) or jobs < 1:
+            raise ConfigError(f"executor local: jobs must be a positive integer, got {jobs!r}")
+        if memory_limit_mb is not None and memory_limit_mb < 64:
+            raise ConfigError(f"--memory-limit-mb must be at least 64, got {memory_limit_mb}")
+        self.slots = jobs
+        self.timeout_s = timeout_s
+        self.memory_limit_mb = memory_limit_mb
+        self.command = list(command) if command else [sys.executable, "-m", "attn_zoo.grid.cell"]
+        self._running: dict[int, dict[str, Any]] = {}
+        self._tokens = itertools.count()
+
+    def submit(self, cell: Cell, artifact_dir: Path) -> Any:
+        tmp = Path(tempfile.mkdtemp(prefix="attn_zoo_cell_"))
+        spec_path, result_path = tmp / "spec.json", tmp / "result.json"
+        spec_path.write_text(json.dumps(dict(cell.spec)))
+        # output to a file, not a pipe: a chatty worker never blocks
+        with open(tmp / "worker.log", "wb") as log:
+            proc = subprocess.Popen(
+                [*self.command, str(spec_path), str(result_path), str(artifact_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                preexec_fn=_worker_setup(self.memory_limit_mb),
+            )
+        token = next(self._tokens)
+        self._running[token] = {"proc": proc, "tmp": tmp, "start": time.monotonic()}
+        return token
+
+    def wait(self, timeout_s: float) -> list[tuple[Any, Result]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = []
+            for token, job in list(self._running.items()):
+                proc = job["proc"]
+                timed_out = self.timeout_s is not None and time.monotonic() - job["start"] > self.timeout_s
+                if proc.poll() is None and timed_out:
+                    proc.kill()
+                    proc.wait()
+                if proc.poll() is not None:
+                    done.append((token, self._collect(job, timed_out)))
+                    del self._running[token]
+            if done or not self._running or time.monotonic() >= deadline:
+                return done
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _collect(self, job: Mapping[str, Any], timed_out: bool) -> Result:
+        proc, tmp = job["proc"], job["tmp"]
+        try:
+            if timed_out:
+                return {
+                    "status": "timeout",
+                    "reason": f"cell ran past its time limit of {self.timeout_s:g} s",
+                    "metrics": {},
+                }
+            result_path = tmp / "result.json"
+            if result_path.exists():
+                try:
+                    return json.loads(result_path.read_text())
+                except (OSError, ValueError) as exc:
+                    return {"status": "failed", "reason": f"unreadable worker result: {exc}", "metrics": {}}
+            return self._crash_result(proc.returncode, _tail(tmp / "worker.log"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _crash_result(self, code: int, tail: list[str]) -> Result:
+        """A worker that died without writing its result (killed, segfault, import failure)."""
+        text = " | ".join(tail)
+        if code < 0:
+            sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            oom = code == -signal.SIGKILL
+            why = " (most often the kernel's out-of-memory killer)" if oom else ""
+            return {
+                "status": "oom" if oom else "failed",
+                "reason": f"worker killed by {sig}{why}" + (f": {text}" if text else ""),
+                "metrics": {},
+            }
+        oom = is_oom_message(text)
+        limit = f" under --memory-limit-mb {self.memory_limit_mb}" if self.memory_limit_mb and oom else ""
+        return {
+            "status": "oom" if oom else "failed",
+            "reason": f"worker exited with code {code}{limit}: {text}",
+            "metrics": {},
+        }
+
+    def shutdown(self) -> None:
+        for job in self._running.values():
+            with contextlib.suppress(OSError):
+                job["proc"].kill()
+                job["proc"].wait()
+            shutil.rmtree(job["tmp"], ignore_errors=True)
+        self._running.clear()
+
+
+def _tail(path: Path, lines: int = 5) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.strip().splitlines()[-lines:] if line.strip()]
+
+
+def run_cell_in_worker(
+    cell: Cell, timeout_s: float | None = None, memory_limit_mb: int | None = None, artifact_dir: Path | None = None
+) -> Result:
+    """Run one cell in a fresh Python process and wait for it; never raises for what happens inside."""
+    executor = LocalExecutor(1, timeout_s, memory_limit_mb)
+    try:
+        executor.submit(cell, artifact_dir or Path(tempfile.gettempdir()) / "attn_zoo_artifacts")
+        while True:
+            done = executor.wait(1.0)
+            if done:
+                return done[0][1]
+    finally:
+        executor.shutdown()
