@@ -10,6 +10,7 @@ from attn_zoo.backbone.presets import resolve_config
 from attn_zoo.errors import ConfigError, KnobError
 from attn_zoo.grid.cell import run_cell
 from attn_zoo.grid.suite import load_suite
+from attn_zoo.registry import PerStage
 from attn_zoo.train.budget import Budget, BudgetOutOfReach, budget_metric, match_budget, scale_width
 
 
@@ -88,6 +89,17 @@ def test_widths_the_mechanism_rejects_are_stepped_over():
 
     match = match_budget(zoo("global"), Budget("params", 8e5), measure=picky)
     assert match.within_tolerance and match.config.dims[0] % 2 == 0 and picky(match.config) == match.achieved
+
+
+def test_widths_are_snapped_to_what_each_stage_accepts():
+    # SSA with r_c = 1.25 needs int(1.25 C) to divide by the heads: most multiples of the heads fail
+    knobs = {"r_n": PerStage((4, 2, 1, 1))}
+    config = resolve_config({"preset": "zoo_s32"}).replace(mixer=MixerSpec("ssa", knobs), num_classes=10)
+    match = match_budget(config, Budget("macs", 2e7))
+    assert match.within_tolerance, match.message
+    dims, heads = match.config.dims, match.config.heads  # r_c = 1.25 applies where keys are pooled (r_n > 1)
+    assert int(dims[0] * 1.25) % heads[0] == 0 and int(dims[1] * 1.25) % heads[1] == 0
+    assert int(scale_width(config, 0.8).dims[0] * 1.25) % heads[0]  # plain scaling lands on refused widths
 
 
 def test_budget_validation():

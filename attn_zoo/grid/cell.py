@@ -27,6 +27,7 @@ from attn_zoo.measure.counting import count_model
 from attn_zoo.measure.environment import environment
 from attn_zoo.measure.latency import measure_latency
 from attn_zoo.train.budget import Budget, match_budget
+from attn_zoo.train.recipe import Diverged
 from attn_zoo.train.run import data_row, prepare_data, run_training
 
 
@@ -76,10 +77,12 @@ def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None 
 
     status, reason = "ok", None
     if data is not None:
-        trained = run_training(spec, config, device, data)
+        trained = run_training(spec, config, device, data, base_dir=artifact_dir)  # checkpoints go with the cell
         metrics.update(trained.metrics)
         status, reason = trained.status, trained.reason or ("; ".join(trained.notes) or None)
         backends = trained.backends or backends
+        if trained.checkpoint:
+            artifacts["checkpoint"] = trained.checkpoint
     return {
         "status": status,
         "reason": reason,

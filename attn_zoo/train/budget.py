@@ -146,6 +146,77 @@ def scale_width(config: ModelConfig, multiplier: float) -> ModelConfig:
     return config.replace(dims=dims)
 
 
+class _Widths:
+    """Which widths each stage's mechanisms accept (a multiple of the heads is not always enough: SSA needs
+    ``int(C * r_c)`` to divide by the heads). Tested by building the stage's mixers on the meta device."""
+
+    def __init__(self, config: ModelConfig):
+        self.config, self.cache = config, {}
+
+    def ok(self, config: ModelConfig, stage: int, width: int) -> bool:
+        key = (stage, width, config.depths[stage])
+        if key not in self.cache:
+            self.cache[key] = self._builds(config, stage, width)
+        return self.cache[key]
+
+    def _builds(self, config: ModelConfig, stage: int, width: int) -> bool:
+        from attn_zoo.layers.stems import stem_out_size
+        from attn_zoo.registry import create_mechanism, get_mechanism
+
+        size = stem_out_size(config.stem, (config.img_size, config.img_size), config.patch_size)
+        for _ in range(stage):
+            size = (math.ceil(size[0] / 2), math.ceil(size[1] / 2))
+        heads = config.heads[stage]
+        try:
+            with torch.device("meta"):
+                for spec, occurrence in dict.fromkeys((s, o) for s, o in _hashable(config.block_mixers(stage))):
+                    knobs = dict(spec[1])
+                    mixer = create_mechanism(
+                        spec[0], width, heads, feat_size=size, stage=stage, occurrence=occurrence, **knobs
+                    )
+                    resolved = get_mechanism(spec[0]).resolve_knobs(knobs, stage=stage, occurrence=occurrence)
+                    type(mixer).build_context(width, heads, size, resolved)
+        except AttnZooError:
+            return False
+        return True
+
+    def snap(self, config: ModelConfig) -> ModelConfig:
+        """Each stage at the nearest width it accepts (the given one when it is accepted)."""
+        dims = []
+        for stage, (d, h) in enumerate(zip(config.dims, config.heads)):
+            found = d
+            for k in range(0, 16):
+                ups = [d + k * h] + ([d - k * h] if k and d - k * h >= h else [])
+                hit = next((w for w in ups if self.ok(config, stage, w)), None)
+                if hit is not None:
+                    found = hit
+                    break
+            dims.append(found)
+        return config.replace(dims=tuple(dims))
+
+    def step(self, config: ModelConfig, stage: int, k: int) -> ModelConfig | None:
+        """``config`` with stage ``stage`` moved to its ``k``-th accepted width above (k > 0) or below."""
+        d, h = config.dims[stage], config.heads[stage]
+        width, moved = d, 0
+        for _ in range(16 * abs(k)):
+            width += h if k > 0 else -h
+            if width < h:
+                return None
+            if self.ok(config, stage, width):
+                moved += 1
+                if moved == abs(k):
+                    dims = list(config.dims)
+                    dims[stage] = width
+                    return config.replace(dims=tuple(dims))
+        return None
+
+
+def _hashable(block_mixers):
+    for spec, occurrence in block_mixers:
+        knobs = tuple(sorted((k, v) for k, v in spec.knobs.items()))
+        yield (spec.name, knobs), occurrence
+
+
 class _Counter:
     """Cached metric of (dims, depths); ``None`` for a shape the mechanism cannot take."""
 
@@ -182,10 +253,11 @@ def match_budget(
         lambda c: budget_metric(c, budget.metric, budget.resolution, device=budget.device, batch_size=budget.batch_size)
     )
     value = _Counter(measure)
+    widths = _Widths(config)
     target, tol = float(budget.target), budget.tolerance
-    best = _match_width(config, target, tol, value)
+    best = _match_width(config, target, tol, value, widths)
     if _rel(value(best), target) > tol:
-        best = _match_depth(config, best, target, tol, value)
+        best = _match_depth(config, best, target, tol, value, widths)
     achieved = value(best)
     if achieved is None:
         raise ConfigError(
@@ -223,19 +295,20 @@ def _out_of_reach(config: ModelConfig, best: ModelConfig, budget: Budget, achiev
     )
 
 
-def _match_width(config: ModelConfig, target: float, tol: float, value: _Counter) -> ModelConfig:
-    """The closest uniformly scaled model, then per-stage head-multiple nudges if that is not close enough."""
+def _match_width(config: ModelConfig, target: float, tol: float, value: _Counter, widths: _Widths) -> ModelConfig:
+    """The closest uniformly scaled model, then per-stage nudges if that is not close enough."""
     lo_m, hi_m = MULTIPLIER_RANGE
     points: dict[float, float] = {}  # multiplier -> metric, for the valid ones
 
+    def scaled(m: float) -> ModelConfig:
+        return widths.snap(scale_width(config, m))  # each stage at the nearest width its mechanisms accept
+
     def probe(m: float) -> float | None:
         m = min(max(m, lo_m), hi_m)
-        for bump in (1.0, 1.01, 0.99, 1.03, 0.97):  # step off a width the mechanism cannot take
-            v = value(scale_width(config, m * bump))
-            if v is not None:
-                points[m * bump] = v
-                return v
-        return None
+        v = value(scaled(m))
+        if v is not None:
+            points[m] = v
+        return v
 
     lo, hi = None, None  # bracket: multipliers with metric below / at-or-above the target
     m = 1.0
@@ -250,7 +323,7 @@ def _match_width(config: ModelConfig, target: float, tol: float, value: _Counter
                 break
         if (lo is not None and lo >= hi_m) or (hi is not None and hi <= lo_m):
             break  # the range's end is not enough
-        if lo is not None and hi is not None and scale_width(config, lo).dims == scale_width(config, hi).dims:
+        if lo is not None and hi is not None and scaled(lo).dims == scaled(hi).dims:
             break
         m = _next_multiplier(points, target, lo, hi, m)
         if m in points or (lo is not None and hi is not None and (hi / lo) < 1.001):
@@ -258,11 +331,11 @@ def _match_width(config: ModelConfig, target: float, tol: float, value: _Counter
     if not points:
         return config
     base_m = min(points, key=lambda k: _rel(points[k], target))
-    base = scale_width(config, base_m)
+    base = scaled(base_m)
     at_end = (lo is not None and lo >= hi_m) or (hi is not None and hi <= lo_m)
     if _rel(value(base), target) <= tol or at_end:  # close enough, or the range's end: nudges cannot help
         return base
-    return _nudge(base, target, tol, value)
+    return _nudge(base, target, tol, value, widths)
 
 
 def _next_multiplier(points: dict[float, float], target: float, lo: float | None, hi: float | None, m: float) -> float:
@@ -284,13 +357,18 @@ def _next_multiplier(points: dict[float, float], target: float, lo: float | None
     return guess
 
 
-def _nudge(base: ModelConfig, target: float, tol: float, value: _Counter) -> ModelConfig:
-    """Move single stages by whole head-multiples; see the module docstring."""
+def _nudge(base: ModelConfig, target: float, tol: float, value: _Counter, widths: _Widths) -> ModelConfig:
+    """Move single stages to neighbouring accepted widths; see the module docstring."""
     n = base.num_stages
 
     def shifted(steps: tuple[int, ...]) -> ModelConfig | None:
-        dims = tuple(d + s * h for d, h, s in zip(base.dims, base.heads, steps))
-        return base.replace(dims=dims) if all(d >= h for d, h in zip(dims, base.heads)) else None
+        config = base
+        for stage, k in enumerate(steps):
+            if k:
+                config = widths.step(config, stage, k)
+                if config is None:
+                    return None
+        return config
 
     v0 = value(base)
     if v0 is None:
@@ -307,7 +385,7 @@ def _nudge(base: ModelConfig, target: float, tol: float, value: _Counter) -> Mod
         deltas.append(((up - down) / 2, (up + down) / 2))
     scored = []
     for steps in itertools.product(range(-2, 3), repeat=n):
-        if not any(steps) or shifted(steps) is None:
+        if not any(steps):
             continue
         predicted = v0 + sum(a * s + b * s * s for (a, b), s in zip(deltas, steps))
         scored.append((abs(predicted - target), sum(map(abs, steps)), steps))
@@ -330,7 +408,9 @@ def _smallest(config: ModelConfig) -> ModelConfig:
     return config.replace(dims=tuple(config.heads), depths=depths)
 
 
-def _match_depth(config: ModelConfig, best: ModelConfig, target: float, tol: float, value: _Counter) -> ModelConfig:
+def _match_depth(
+    config: ModelConfig, best: ModelConfig, target: float, tol: float, value: _Counter, widths: _Widths
+) -> ModelConfig:
     """Depth changes when widths cannot get there; the first model within tolerance wins.
 
     Below the smallest width: stages lose block pairs, deepest first, until the target is reachable.
@@ -353,7 +433,7 @@ def _match_depth(config: ModelConfig, best: ModelConfig, target: float, tol: flo
             depths = list(current.depths)
             depths[stage] -= steps[stage]
             current = config.replace(depths=tuple(depths))
-            candidate = _match_width(current, target, tol, value)
+            candidate = _match_width(current, target, tol, value, widths)
             if _rel(value(candidate), target) < _rel(value(best), target):
                 best = candidate
             if _rel(value(best), target) <= tol or (value(candidate) or math.inf) < target:
@@ -364,7 +444,7 @@ def _match_depth(config: ModelConfig, best: ModelConfig, target: float, tol: flo
             depths[i] += direction * steps[i]
             if depths[i] < 1:
                 continue
-            candidate = _match_width(config.replace(depths=tuple(depths)), target, tol, value)
+            candidate = _match_width(config.replace(depths=tuple(depths)), target, tol, value, widths)
             if _rel(value(candidate), target) < _rel(value(best), target):
                 best = candidate
             if _rel(value(best), target) <= tol:

@@ -37,6 +37,7 @@ class TrainResult:
     notes: list[str]
     reason: str | None = None
     backends: list[str] = dataclasses.field(default_factory=list)  # attention paths the trained model took
+    checkpoint: str | None = None  # where the final checkpoint is, when checkpoint_dir is set
 
 
 def prepare_data(spec: Mapping[str, Any], img_size: int) -> Data:
@@ -76,8 +77,8 @@ def run_training(
 ) -> TrainResult:
     """Train the model ``config`` (already sized to the budget) on the cell's data; evaluate it.
 
-    A relative ``train.checkpoint_dir`` is taken relative to ``base_dir`` (e.g. the results directory)
-    when given, else to the working directory.
+    A relative ``train.checkpoint_dir`` is taken relative to ``base_dir`` when given (the grid passes the
+    cell's artifact directory), else to the working directory.
     """
     from attn_zoo.backbone.harness import Backbone
     from attn_zoo.train.budget import budget_metric
@@ -131,4 +132,4 @@ def run_training(
             continue
         metrics.update({f"test_top1@{res}": out["top1"], f"test_loss@{res}": out["loss"]})
     backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
-    return TrainResult("ok", metrics, notes, None, backends)
+    return TrainResult("ok", metrics, notes, None, backends, str(checkpoint) if checkpoint else None)

@@ -293,7 +293,7 @@ def default_shared_data() -> list[Path]:
 
 
 def _find_root(name: str, config: DataConfig, candidates: Sequence[Path], marker: str) -> Path:
-    tried = [_expand(config.root)] if config.root else list(candidates)
+    tried = [_expand(config.root)] if config.root else list(dict.fromkeys(p.resolve() for p in candidates))
     for path in tried:
         if (path / marker).exists():
             return path
