@@ -41,7 +41,7 @@ def cpu_sized(raw: dict) -> dict:
     ):
         over["model.img_size"] = 64
     if "train" in raw:
-        over.update({"data.train_size": 64, "data.val_size": 32, "train.batch_size": 32})
+        over.update({"data.train_size": 64, "data.val_size": 32, "data.test_size": 64, "train.batch_size": 32})
         over["train.steps" if "steps" in raw["train"] else "train.epochs"] = 2 if "steps" in raw["train"] else 1
     return over
 
@@ -58,4 +58,7 @@ def test_example_suite_validates_and_a_cpu_sized_version_runs(path, tmp_path):
     assert len(small.cells) == len(full.cells)  # same grid, smaller cells
     two = dataclasses.replace(small, cells=small.cells[:2])
     summary = run_suite(two, tmp_path / f"{small.name}.sqlite", runner=lambda c: run_cell(c.spec), progress=False)
+    reasons = Store(tmp_path / f"{small.name}.sqlite").frame(status=None)["reason"].dropna().tolist()
+    if reasons and all(r.startswith("DataSourceError") for r in reasons):  # e.g. the CIFAR-10 copy is elsewhere
+        pytest.skip(f"{path.name}: its data are not on this machine: {reasons[0]}")
     assert summary.ok == len(two.cells), Store(tmp_path / f"{small.name}.sqlite").frame(status=None)["reason"].tolist()

@@ -26,8 +26,8 @@ from attn_zoo.backbone.harness import Backbone
 from attn_zoo.measure.environment import environment
 from attn_zoo.measure.profile import measure_after_training, measure_model
 from attn_zoo.train.budget import Budget, match_budget
-from attn_zoo.train.data import DataConfig, create_loaders
-from attn_zoo.train.recipe import Diverged, TrainConfig, train
+from attn_zoo.train.recipe import Diverged
+from attn_zoo.train.run import data_row, prepare_data, run_training
 
 
 def seed_everything(seed: int) -> None:
@@ -47,43 +47,44 @@ def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None 
     config = ModelConfig.from_dict(spec["model"])
     metrics: dict[str, float] = {}
 
-    data_cfg = DataConfig.from_dict(spec["data"]) if spec.get("data") else None
-    train_cfg = TrainConfig(**spec["train"]) if spec.get("train") else None
-    loaders = None
-    if data_cfg is not None and train_cfg is not None:
-        loaders = create_loaders(
-            data_cfg,
-            img_size=config.img_size,
-            batch_size=train_cfg.batch_size,
-            seed=spec["seed"],
-            eval_batch_size=train_cfg.eval_batch_size,
-        )
-        info = loaders[2]
-        config = config.replace(num_classes=info["num_classes"], in_chans=info["in_chans"])
-        metrics.update(train_size=info["train_size"], val_size=info["val_size"])
+    data = None
+    if spec.get("data") and spec.get("train"):  # the data fix the classifier's classes and input channels
+        data = prepare_data(spec, config.img_size)
+        config = config.replace(num_classes=data.info["num_classes"], in_chans=data.info["in_chans"])
+        metrics.update(data_row(data))
 
     budget = Budget(**spec["budget"])
     start = time.perf_counter()
     match = match_budget(config, budget)
     config = match.config
     metrics.update(match.to_row(), budget_match_s=time.perf_counter() - start)
+    if budget.strict and not match.within_tolerance:  # an unmatched model would make an unfair row
+        return {"status": "failed", "reason": match.message, "metrics": metrics, "model": config.to_dict()}
 
     seed_everything(spec["seed"])
     model = Backbone(config).to(device)
-    metrics.update(measure_model(model, config, measure, device))
+    metrics.update(measure_model(model, config, measure, device, artifact_dir=artifact_dir, artifacts=artifacts))
     backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
 
     status, reason = "ok", None
-    if loaders is not None:
-        seed_everything(spec["seed"])
-        model = Backbone(config)
-        try:
-            metrics.update(train(model, loaders[0], loaders[1], train_cfg, device=device))
-            metrics.update(measure_after_training(model, config, measure, device, images=loaders[1]))
-        except Diverged as exc:
-            status, reason = "diverged", str(exc)
-            metrics["diverged_step"] = exc.step
-        backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
+    if data is not None:
+        trained = run_training(spec, config, device, data, base_dir=artifact_dir)  # checkpoints go with the cell
+        metrics.update(trained.metrics)
+        status, reason = trained.status, trained.reason or ("; ".join(trained.notes) or None)
+        backends = trained.backends or backends
+        if trained.checkpoint:
+            artifacts["checkpoint"] = trained.checkpoint
+        if trained.status == "ok" and trained.model is not None:
+            after = measure_after_training(
+                trained.model,
+                config,
+                measure,
+                device,
+                images=data.eval_loader("test"),
+                artifact_dir=artifact_dir,
+                artifacts=artifacts,
+            )
+            metrics.update(after)
     return {
         "status": status,
         "reason": reason,

@@ -1,167 +1,350 @@
-"""Data sources by name, behind timm's transforms and torch's loaders.
+"""Which data, how much of it, and the seeded loaders that serve it.
 
-A source builds a ``Dataset`` of ``(PIL image, label)`` for a split; :func:`create_loaders` applies the
-transform (timm's ``create_transform`` for the standard recipe, or a light crop/flip for small images) and
-returns seeded loaders, so the same seed gives the same batches on CPU.
+Splits. Every source has ``train`` and ``test``; the reported accuracy (``test_top1``) is measured once, at
+the end, on ``test`` (for CIFAR and Fashion-MNIST the official test set), and nothing is tuned on it.
+``val_size`` asks for a validation set: the source's own ``val`` split where it has one (generated
+sources), otherwise a class-balanced slice of ``train`` that the training subset never overlaps.
+
+Subsets. ``train_size`` / ``val_size`` / ``test_size`` take class-balanced subsets (``floor(n / K)`` per
+class, the remainder spread over the classes in a seeded order). Training and validation subsets are drawn
+with the run's seed (or ``subset_seed`` when set), so every mechanism at seed ``s`` sees the same images;
+the test subset is drawn with a fixed seed, the same for every run.
+
+Transforms are timm's: ``timm.data.create_transform`` for evaluation (resize + centre crop with
+``crop_pct = 1``, normalise) and for ``augment = "timm"`` training (random-resized crop, flip, colour
+jitter, RandAugment, random erasing as set in ``[data.aug]``); ``light`` is the usual small-image recipe
+(pad-4 random crop and horizontal flip), ``flip`` a horizontal flip only, ``none`` no augmentation.
+
+Loaders are torch ``DataLoader``s over an :class:`EpochSampler`, whose order depends only on
+``(seed, epoch)``: the same seed gives the same batches, and a resumed run continues mid-epoch exactly
+where it stopped. (timm's ``create_loader`` takes no sampler or generator, so it cannot give either.)
+With ``num_workers > 0`` each worker's Python, NumPy and torch generators derive from the loader's seeded
+generator.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import hashlib
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from attn_zoo.errors import ConfigError, UnknownNameError
+from attn_zoo.train.sources import SOURCES, ArrayDataset, Source, register_source, targets_of
 
-AUGMENTATIONS = ("none", "light", "timm")
+__all__ = [
+    "AUGMENTATIONS",
+    "SOURCES",
+    "ArrayDataset",
+    "Data",
+    "DataConfig",
+    "EpochSampler",
+    "Source",
+    "balanced_subset",
+    "build_transform",
+    "create_data",
+    "create_loaders",
+    "register_source",
+]
+
+AUGMENTATIONS = ("none", "flip", "light", "timm")
+TIMM_AUG_KEYS = {
+    "scale": (0.5, 1.0),
+    "ratio": None,
+    "hflip": 0.5,
+    "vflip": 0.0,
+    "color_jitter": 0.4,
+    "auto_augment": None,
+    "interpolation": "bilinear",
+    "re_prob": 0.0,
+    "re_mode": "const",
+    "re_count": 1,
+    "train_crop_mode": None,
+}
+TEST_SUBSET_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which data and how much of it. ``options`` holds source-specific settings (e.g. ``difficulty``)."""
+    """Which data and how much of it. ``options`` holds source-specific settings (e.g. ``difficulty``);
+    ``aug`` holds ``timm.data.create_transform`` settings for ``augment = "timm"``."""
 
     source: str = "synthetic"
     root: str | None = None
     train_size: int | None = None
     val_size: int | None = None
+    test_size: int | None = None
+    subset_seed: int | None = None
     augment: str = "light"
+    aug: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     num_workers: int = 0
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
+        """Known fields go to fields, everything else to the source's ``options`` (checked by the source)."""
         fields = {f.name for f in dataclasses.fields(cls)} - {"options"}
         known = {k: v for k, v in data.items() if k in fields}
-        options = {k: v for k, v in data.items() if k not in fields}
+        options = {k: v for k, v in data.items() if k not in fields and k != "options"}
+        options.update(data.get("options") or {})
         config = cls(**known, options=options)
         config.validate()
         return config
 
-    def validate(self) -> None:
+    def validate(self) -> DataConfig:
         if self.source not in SOURCES:
             raise UnknownNameError("data source", self.source, SOURCES)
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"data augment {self.augment!r} unknown; allowed: {', '.join(AUGMENTATIONS)}")
-        for key in ("train_size", "val_size"):
+        for key in ("train_size", "val_size", "test_size"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"data {key} must be a positive integer, got {value!r}")
-        SOURCES[self.source].check(self)
+        for key in ("subset_seed", "num_workers"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ConfigError(f"data {key} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.aug, Mapping):
+            raise ConfigError(f"data aug must be a table of create_transform settings, got {self.aug!r}")
+        unknown = set(self.aug) - set(TIMM_AUG_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"data aug: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TIMM_AUG_KEYS))}"
+            )
+        if self.aug and self.augment != "timm":
+            raise ConfigError(f'data aug settings apply only with augment = "timm" (augment is {self.augment!r})')
+        SOURCES[self.source].validate(self)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("options", "aug")}
+        if self.aug:
+            out["aug"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.aug.items()}
         return {**out, **dict(self.options)}
 
 
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A registered data source: ``build(config, split, seed) -> (dataset, info)``; ``check`` validates."""
+def balanced_subset(targets: Sequence[int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices into ``targets``, as even over the classes as the counts allow, in sorted order.
 
-    name: str
-    build: Callable[[DataConfig, str, int], tuple[Dataset, dict[str, Any]]]
-    check: Callable[[DataConfig], None]
-    doc: str
+    Each class contributes ``floor(n / K)`` items in a seeded random order; the remainder goes to classes in
+    a seeded random order; a class with too few items gives all it has and the others fill in.
+    """
+    targets = np.asarray(targets)
+    if n > len(targets):
+        raise ConfigError(f"asked for {n} items, the split has only {len(targets)}")
+    classes = np.unique(targets)
+    pools = {c: rng.permutation(np.flatnonzero(targets == c)) for c in classes}
+    quota = {c: 0 for c in classes}
+    remaining = n
+    order = list(rng.permutation(classes))
+    while remaining:
+        open_classes = [c for c in order if quota[c] < len(pools[c])]
+        share = max(1, remaining // len(open_classes))
+        for c in open_classes:
+            take = min(share, len(pools[c]) - quota[c], remaining)
+            quota[c] += take
+            remaining -= take
+            if not remaining:
+                break
+    return np.sort(np.concatenate([pools[c][: quota[c]] for c in classes]))
 
 
-SOURCES: dict[str, Source] = {}
+class TransformSubset(Dataset):
+    """Items ``indices`` of ``base`` with ``transform`` applied here (the base keeps ``transform = None``,
+    so a training and a validation view of one split can carry different transforms). ``targets``: the
+    base's labels, all of them."""
 
+    def __init__(self, base: Dataset, indices: Sequence[int], transform: Callable | None, targets: Sequence[int]):
+        self.base, self.indices, self.transform = base, np.asarray(indices, dtype=np.int64), transform
+        self.base_targets = targets
+        self.targets = [int(targets[i]) for i in self.indices]
+        if hasattr(base, "transform"):
+            base.transform = None
 
-def register_source(name: str, doc: str, check: Callable[[DataConfig], None] | None = None):
-    def wrap(build):
-        SOURCES[name] = Source(name, build, check or (lambda config: None), doc)
-        return build
-
-    return wrap
-
-
-class ArrayDataset(Dataset):
-    """In-memory uint8 images ``(N, H, W)`` or ``(N, H, W, C)`` with labels, served as PIL images."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
-        self.images, self.labels, self.transform = images, labels.astype(np.int64), transform
-        self.targets = self.labels.tolist()
+    def with_transform(self, transform: Callable | None) -> TransformSubset:
+        return TransformSubset(self.base, self.indices, transform, self.base_targets)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.indices)
 
     def __getitem__(self, index: int):
-        img = Image.fromarray(self.images[index])
+        img, label = self.base[int(self.indices[index])]
         if self.transform is not None:
             img = self.transform(img)
-        return img, int(self.labels[index])
+        return img, int(label)
 
 
-def _check_synthetic(config: DataConfig) -> None:
-    extra = set(config.options) - {"resolution", "classes"}
-    if extra:
-        raise ConfigError(f"data source 'synthetic': unknown options {sorted(extra)}; allowed: resolution, classes")
+class EpochSampler(Sampler[int]):
+    """Shuffled order that depends only on ``(seed, epoch)``; ``start`` skips the first items of the epoch."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        digest = hashlib.sha256(f"attn_zoo-sampler:{self.seed}:{self.epoch}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.size - self.start
 
 
-@register_source("synthetic", "oriented bars in noise (4 classes); generated, for smoke tests", _check_synthetic)
-def _synthetic(config: DataConfig, split: str, seed: int) -> tuple[Dataset, dict[str, Any]]:
-    res = int(config.options.get("resolution", 32))
-    n = (config.train_size or 2000) if split == "train" else (config.val_size or 500)
-    rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}[split]])
-    labels = rng.integers(0, 4, size=n)
-    yy, xx = np.mgrid[0:res, 0:res].astype(np.float32) / res
-    images = rng.normal(0.3, 0.1, size=(n, res, res)).astype(np.float32)
-    for i, label in enumerate(labels):
-        offset = rng.uniform(0.2, 0.8)
-        coord = {0: yy, 1: xx, 2: (xx + yy) / 2, 3: (xx - yy + 1) / 2}[int(label)]
-        images[i] += 0.6 * (np.abs(coord - offset) < 0.08)
-    images = (np.clip(images, 0, 1) * 255).astype(np.uint8)
-    return ArrayDataset(images, labels), {"num_classes": 4, "in_chans": 1, "mean": (0.5,), "std": (0.25,)}
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds `random` and itself in each worker from the loader's generator; NumPy (timm's Mixup and
+    # some transforms use it) is seeded here from the same number
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
-def build_transform(config: DataConfig, info: Mapping[str, Any], img_size: int, training: bool):
-    """timm's transform for ``augment = "timm"``; otherwise resize (+ random crop with padding and flip when
-    ``augment = "light"`` and training) then normalise."""
+def build_transform(
+    config: DataConfig, info: Mapping[str, Any], img_size: int, training: bool
+) -> Callable[[Any], torch.Tensor]:
+    """The transform for a split: timm's eval transform, or the configured training augmentation."""
+    from timm.data import create_transform
+
+    mean, std = tuple(info["mean"]), tuple(info["std"])
+    size = (info["in_chans"], img_size, img_size)
+    if not training:
+        return create_transform(size, is_training=False, crop_pct=1.0, mean=mean, std=std)
+    if config.augment == "timm":
+        kwargs = {**TIMM_AUG_KEYS, **dict(config.aug)}
+        for key in ("scale", "ratio"):
+            kwargs[key] = tuple(kwargs[key]) if kwargs[key] is not None else None
+        if info["in_chans"] == 1:
+            kwargs["color_jitter"] = 0.0  # colour jitter on a grey image would add channels
+        return create_transform(size, is_training=True, mean=mean, std=std, **kwargs)
     from torchvision import transforms as T
 
-    mean, std = info["mean"], info["std"]
-    if config.augment == "timm":
-        from timm.data import create_transform
-
-        return create_transform(
-            input_size=(info["in_chans"], img_size, img_size),
-            is_training=training,
-            mean=mean,
-            std=std,
-            scale=(0.5, 1.0),
-            crop_pct=1.0,
-        )
     steps: list[Any] = [T.Resize((img_size, img_size))]
-    if training and config.augment == "light":
-        steps += [T.RandomCrop(img_size, padding=img_size // 8), T.RandomHorizontalFlip()]
+    if config.augment == "light":
+        steps += [T.RandomCrop(img_size, padding=max(1, img_size // 8)), T.RandomHorizontalFlip()]
+    elif config.augment == "flip":
+        steps += [T.RandomHorizontalFlip()]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)
+
+
+@dataclasses.dataclass
+class Data:
+    """The datasets of one run and their loaders. ``info``: num_classes, in_chans, mean, std, classes, sizes."""
+
+    config: DataConfig
+    info: dict[str, Any]
+    train_set: TransformSubset
+    val_set: TransformSubset | None
+    test_set: TransformSubset
+    seed: int
+    batch_size: int
+    eval_batch_size: int
+    img_size: int
+
+    def train_loader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.train_set), self.seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.config.num_workers,
+            worker_init_fn=_seed_worker if self.config.num_workers else None,
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=False,
+        )
+
+    def eval_loader(self, split: str = "test", img_size: int | None = None, size: int | None = None) -> DataLoader:
+        """Loader over ``val`` or ``test`` at ``img_size`` (default: the training size), in a fixed order;
+        ``size`` takes a class-balanced slice of that split, the same for every run."""
+        base = {"val": self.val_set, "test": self.test_set}.get(split)
+        if base is None:
+            raise ConfigError(f"no {split!r} split in this run (set data val_size for a validation set)")
+        if img_size is not None and img_size != self.img_size:
+            base = base.with_transform(build_transform(self.config, self.info, img_size, training=False))
+        if size is not None and size < len(base):
+            keep = balanced_subset(base.targets, size, np.random.default_rng([TEST_SUBSET_SEED, 3]))
+            base = TransformSubset(base.base, base.indices[keep], base.transform, base.base_targets)
+        return DataLoader(base, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.config.num_workers)
+
+
+def create_data(
+    config: DataConfig, *, img_size: int, batch_size: int, seed: int, eval_batch_size: int | None = None
+) -> Data:
+    """Build the splits of ``config`` for a run with ``seed`` (see the module docstring for the rules)."""
+    config.validate()
+    source = SOURCES[config.source]
+    train_base, info = source.build(config, "train")
+    test_base, _ = source.build(config, "test")
+    train_targets, test_targets = targets_of(train_base), targets_of(test_base)
+    subset_seed = seed if config.subset_seed is None else config.subset_seed
+    rng = np.random.default_rng([subset_seed, 1])
+    val_set = None
+    train_pool = np.arange(len(train_targets))
+    if config.val_size:
+        if "val" in source.splits:
+            val_base, _ = source.build(config, "val")
+            val_targets = targets_of(val_base)
+            val_idx = _subset(val_targets, config.val_size, rng, f"{config.source} val", native=True)
+            val_set = TransformSubset(val_base, val_idx, build_transform(config, info, img_size, False), val_targets)
+        else:
+            if config.val_size >= len(train_targets):
+                raise ConfigError(
+                    f"data val_size {config.val_size} leaves nothing to train on: the {config.source} train split "
+                    f"has {len(train_targets)} images"
+                )
+            val_idx = balanced_subset(train_targets, config.val_size, rng)
+            train_pool = np.setdiff1d(train_pool, val_idx)
+            val_set = TransformSubset(
+                train_base, val_idx, build_transform(config, info, img_size, False), train_targets
+            )
+    pool_targets = [train_targets[i] for i in train_pool]
+    train_idx = train_pool[_subset(pool_targets, config.train_size, rng, f"{config.source} train")]
+    test_idx = _subset(test_targets, config.test_size, np.random.default_rng([TEST_SUBSET_SEED, 2]), "test")
+    train_set = TransformSubset(train_base, train_idx, build_transform(config, info, img_size, True), train_targets)
+    test_set = TransformSubset(test_base, test_idx, build_transform(config, info, img_size, False), test_targets)
+    info = {
+        **info,
+        "train_size": len(train_set),
+        "val_size": len(val_set) if val_set is not None else 0,
+        "test_size": len(test_set),
+    }
+    return Data(
+        config,
+        info,
+        train_set,
+        val_set,
+        test_set,
+        seed,
+        batch_size,
+        eval_batch_size or 2 * batch_size,
+        img_size,
+    )
+
+
+def _subset(targets: Sequence[int], n: int | None, rng: np.random.Generator, what: str, native: bool = False):
+    if n is None or (native and n == len(targets)):
+        return np.arange(len(targets))
+    if n > len(targets):
+        raise ConfigError(f"data: asked for {n} images from the {what} split, which has {len(targets)}")
+    return balanced_subset(targets, n, rng)
 
 
 def create_loaders(
     config: DataConfig, *, img_size: int, batch_size: int, seed: int, eval_batch_size: int | None = None
 ) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
-    """Seeded train and validation loaders plus ``info`` (num_classes, in_chans, mean, std, sizes)."""
-    source = SOURCES[config.source]
-    train_set, info = source.build(config, "train", seed)
-    val_set, _ = source.build(config, "val", seed)
-    train_set.transform = build_transform(config, info, img_size, training=True)
-    val_set.transform = build_transform(config, info, img_size, training=False)
-    generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(
-        train_set,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=generator,
-        num_workers=config.num_workers,
-    )
-    val = DataLoader(
-        val_set, batch_size=eval_batch_size or batch_size * 2, shuffle=False, num_workers=config.num_workers
-    )
-    info = {**info, "train_size": len(train_set), "val_size": len(val_set)}
-    return train, val, info
+    """Seeded train and test loaders plus ``info`` (a shortcut over :func:`create_data`)."""
+    data = create_data(config, img_size=img_size, batch_size=batch_size, seed=seed, eval_batch_size=eval_batch_size)
+    return data.train_loader(), data.eval_loader("test"), data.info

@@ -1,18 +1,35 @@
-"""The one training recipe every mechanism gets: AdamW, cosine schedule with warm-up, label smoothing.
+"""The one training recipe every mechanism gets: AdamW, cosine schedule with linear warm-up, label smoothing.
 
-Optimizer and scheduler come from timm's factories. The budget is given in epochs or steps. On CPU the run
-is deterministic (same seed, same numbers); on GPU it uses bfloat16 autocast when ``amp`` is set. A loss that
-stops being finite ends the run with :class:`Diverged`, naming the step.
+Optimizer and scheduler come from timm's factories (``create_optimizer_v2``: AdamW without weight decay on
+biases and norms; ``create_scheduler_v2``: cosine, stepped per update, warm-up from ``warmup_lr`` to ``lr``
+over the first ``warmup_fraction`` of the steps, then a half cosine down to ``min_lr`` at the last step).
+Mixup / CutMix are timm's ``Mixup`` with ``SoftTargetCrossEntropy``; without them the loss is cross-entropy
+with label smoothing.
+
+Budget, one of:
+- ``epochs`` (default 1): passes over the training subset (rounded up to whole steps);
+- ``steps``: optimizer updates;
+- ``train_macs``: training compute. One training image costs 3x its forward MACs (forward, plus a backward
+  of about twice the forward), so ``steps = round(train_macs / (3 * forward_macs * batch_size))``.
+
+On CPU the run is deterministic: same seed, same thread count -> the same losses and accuracy, bit for bit
+(the data order depends only on the seed, see :mod:`attn_zoo.train.data`). On GPU, ``amp`` runs forward
+and loss under bfloat16 autocast. A loss that stops being finite ends the run with :class:`Diverged`.
+Checkpoints (:mod:`attn_zoo.train.checkpoint`) hold everything needed to resume: an interrupted run that is
+resumed ends with the same numbers as one that was not (CPU, ``num_workers = 0``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -20,6 +37,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attn_zoo.errors import ConfigError
+from attn_zoo.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+# training MACs per image = TRAIN_MACS_FACTOR x forward MACs (forward + backward ~ 2 x forward)
+TRAIN_MACS_FACTOR = 3
 
 
 class Diverged(RuntimeError):
@@ -32,8 +53,11 @@ class Diverged(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 1.0
+    """The recipe's settings (``[train]`` in a suite file). Give at most one of epochs, steps, train_macs."""
+
+    epochs: float | None = None
     steps: int | None = None
+    train_macs: float | None = None
     batch_size: int = 64
     eval_batch_size: int | None = None
     lr: float = 1e-3
@@ -42,83 +66,267 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     warmup_lr: float = 1e-6
     label_smoothing: float = 0.1
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
     grad_clip: float | None = None
     amp: bool = True
+    eval_resolutions: tuple[int, ...] = ()
+    eval_resolution_size: int | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - fields
         if unknown:
-            raise ConfigError(f"train: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(fields))}")
-        config = cls(**data)
+            raise ConfigError(f"train: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(fields))}")
+        kwargs = dict(data)
+        if isinstance(kwargs.get("eval_resolutions"), list):
+            kwargs["eval_resolutions"] = tuple(kwargs["eval_resolutions"])
+        config = cls(**kwargs)
         config.validate()
         return config
 
-    def validate(self) -> None:
-        if self.steps is None and not self.epochs > 0:
-            raise ConfigError(f"train: epochs must be > 0 (or give steps), got {self.epochs!r}")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+    def validate(self) -> TrainConfig:
+        given = [k for k in ("epochs", "steps", "train_macs") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"train: give one budget (epochs, steps or train_macs), got {', '.join(given)}")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not self.epochs > 0):
+            raise ConfigError(f"train: epochs must be > 0, got {self.epochs!r}")
+        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
             raise ConfigError(f"train: steps must be a positive integer, got {self.steps!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if self.train_macs is not None and (isinstance(self.train_macs, bool) or not self.train_macs > 0):
+            raise ConfigError(f"train: train_macs must be > 0, got {self.train_macs!r}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ConfigError(f"train: batch_size must be a positive integer, got {self.batch_size!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"train: lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.label_smoothing < 1:
-            raise ConfigError("train: warmup_fraction and label_smoothing must be in [0, 1)")
+        if self.eval_batch_size is not None and (not _is_int(self.eval_batch_size) or self.eval_batch_size < 1):
+            raise ConfigError(f"train: eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr or not 0 <= self.warmup_lr <= self.lr:
+            raise ConfigError(
+                f"train: need lr > 0 and 0 <= min_lr, warmup_lr <= lr; got lr={self.lr}, min_lr={self.min_lr}, "
+                f"warmup_lr={self.warmup_lr}"
+            )
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"train: weight_decay must be >= 0, got {self.weight_decay!r}")
+        for key in ("warmup_fraction", "label_smoothing"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"train: {key} must be in [0, 1), got {getattr(self, key)!r}")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"train: {key} must be >= 0, got {getattr(self, key)!r}")
+        for key in ("mixup_prob", "mixup_switch_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"train: {key} must be in [0, 1], got {getattr(self, key)!r}")
+        if self.uses_mixup and self.batch_size % 2:
+            raise ConfigError(f"train: mixup/cutmix need an even batch_size, got {self.batch_size}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"train: grad_clip must be > 0 (or left out), got {self.grad_clip!r}")
+        if not isinstance(self.eval_resolutions, (tuple, list)) or not all(
+            _is_int(r) and r > 0 for r in self.eval_resolutions
+        ):
+            raise ConfigError(
+                f"train: eval_resolutions must be a list of positive integers, got {self.eval_resolutions!r}"
+            )
+        if self.eval_resolution_size is not None and (
+            not _is_int(self.eval_resolution_size) or self.eval_resolution_size < 1
+        ):
+            raise ConfigError(
+                f"train: eval_resolution_size must be a positive integer, got {self.eval_resolution_size!r}"
+            )
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise ConfigError(f"train: checkpoint_every must be a non-negative integer, got {self.checkpoint_every!r}")
+        return self
 
-    def total_steps(self, steps_per_epoch: int) -> int:
-        return self.steps if self.steps is not None else max(1, math.ceil(self.epochs * steps_per_epoch))
+    @property
+    def uses_mixup(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mixup_prob > 0
+
+    def total_steps(self, steps_per_epoch: int, forward_macs: float | None = None) -> int:
+        """Optimizer updates for this budget (``forward_macs`` per image is needed for ``train_macs``)."""
+        if self.steps is not None:
+            return self.steps
+        if self.train_macs is not None:
+            if not forward_macs:
+                raise ConfigError("train: a train_macs budget needs the model's forward MACs per image")
+            return max(1, round(self.train_macs / (TRAIN_MACS_FACTOR * forward_macs * self.batch_size)))
+        return max(1, math.ceil((self.epochs or 1.0) * steps_per_epoch))
+
+    def warmup_steps(self, total: int) -> int:
+        return min(total - 1, round(self.warmup_fraction * total)) if total > 1 else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["eval_resolutions"] = list(self.eval_resolutions)
+        return out
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy on ``loader``."""
-    model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images).float()
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == labels).sum().item()
-        total += labels.numel()
-    return {"top1": 100.0 * correct / max(total, 1), "loss": loss_sum / max(total, 1)}
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def train(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    config: TrainConfig,
-    *,
-    device: str | torch.device = "cpu",
-    on_step: Callable[[int, int, float], None] | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` for the configured budget and evaluate once at the end. Seed before calling."""
-    device = torch.device(device)
-    model.to(device)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ConfigError("train: the training set is smaller than one batch")
-    total = config.total_steps(steps_per_epoch)
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (timm's Mixup and transforms draw from them)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def create_optimizer_and_schedule(model: nn.Module, config: TrainConfig, total: int):
+    """AdamW and the per-update cosine schedule with warm-up, from timm's factories.
+
+    The schedule: ``warmup_lr`` at update 0, rising linearly to ``lr`` at update ``warmup``, then a half
+    cosine reaching ``min_lr`` at update ``total`` (timm's ``warmup_prefix``: the cosine spans the updates
+    after the warm-up).
+    """
     optimizer = create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay)
+    warmup = config.warmup_steps(total)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched="cosine",
-        num_epochs=total,
-        warmup_epochs=int(config.warmup_fraction * total),
+        num_epochs=total - warmup,
+        warmup_epochs=warmup,
+        warmup_prefix=True,
         warmup_lr=config.warmup_lr,
         min_lr=config.min_lr,
         step_on_epochs=False,
         updates_per_epoch=1,
     )
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    return optimizer, scheduler
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu", amp: bool = True) -> dict:
+    """Top-1 accuracy (%) and mean cross-entropy (no smoothing) over ``loader``."""
+    device = torch.device(device)
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        total += labels.numel()
+    return {"top1": 100.0 * correct / max(total, 1), "loss": loss_sum / max(total, 1), "count": total}
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    config: TrainConfig,
+    *,
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    forward_macs: float | None = None,
+    checkpoint_path: str | Path | None = None,
+    identity: Mapping[str, Any] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for the configured budget. Seed (``seed_everything``) before building the model.
+
+    ``train_loader`` must sample through an :class:`~attn_zoo.train.data.EpochSampler` for exact resumption.
+    With ``checkpoint_path``, a checkpoint there is resumed from (if ``identity`` -- the run's configuration
+    -- matches the one it was written with) and one is written every ``checkpoint_every`` steps and at the
+    end. Returns train_loss (mean of the last 10% of steps), train_steps, train_epochs, train_images,
+    train_macs (when ``forward_macs`` is known), train_time_s and resumed_from_step.
+    """
+    device = torch.device(device)
+    model.to(device)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"train: the training set ({len(train_loader.dataset)} images) is smaller than one batch "
+            f"({config.batch_size})"
+        )
+    sampler = train_loader.sampler
+    total = config.total_steps(steps_per_epoch, forward_macs)
+    optimizer, scheduler = create_optimizer_and_schedule(model, config, total)
+    mixup = None
+    if config.uses_mixup:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(
+            mixup_alpha=config.mixup_alpha,
+            cutmix_alpha=config.cutmix_alpha,
+            prob=config.mixup_prob,
+            switch_prob=config.mixup_switch_prob,
+            label_smoothing=config.label_smoothing,
+            num_classes=num_classes,
+        )
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     use_amp = config.amp and device.type == "cuda"
-    step, start, losses = 0, time.perf_counter(), []
+    identity = dict(identity or {})
+    step, losses, elapsed, resumed = 0, [], 0.0, 0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state.get("identity") != identity:
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path}: written for a different run configuration; remove it to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, losses, elapsed = int(state["step"]), list(state["losses"]), float(state["elapsed_s"])
+        _set_rng_state(state["rng"])
+        resumed = step
+
+    def save() -> None:
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "identity": identity,
+                "step": step,
+                "total": total,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "losses": losses,
+                "elapsed_s": elapsed + time.perf_counter() - start,
+                "rng": _rng_state(),
+            },
+        )
+
+    start = time.perf_counter()
     model.train()
     while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch, offset * config.batch_size)
         for images, labels in train_loader:
             images, labels = images.to(device), labels.to(device)
+            if mixup is not None:
+                images, labels = mixup(images, labels)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = criterion(model(images), labels)
             value = loss.item()
@@ -134,16 +342,23 @@ def train(
             losses.append(value)
             if on_step is not None:
                 on_step(step, total, value)
+            if checkpoint_path is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                save()
             if step >= total:
                 break
-    train_time = time.perf_counter() - start
-    metrics = evaluate(model, val_loader, device)
+    if checkpoint_path is not None and resumed < total:
+        save()
     tail = losses[-max(1, len(losses) // 10) :]
-    return {
-        "val_top1": metrics["top1"],
-        "val_loss": metrics["loss"],
+    images_seen = step * config.batch_size
+    out = {
         "train_loss": sum(tail) / len(tail),
         "train_steps": step,
         "train_epochs": step / steps_per_epoch,
-        "train_time_s": train_time,
+        "train_images": images_seen,
+        "train_time_s": elapsed + time.perf_counter() - start,
+        "resumed_from_step": resumed,
+        "lr_final": optimizer.param_groups[0]["lr"],
     }
+    if forward_macs:
+        out["train_macs"] = float(TRAIN_MACS_FACTOR * forward_macs * images_seen)
+    return out

@@ -1,0 +1,136 @@
+"""One cell's training, from its resolved spec: data, model, fit, evaluation (also at other resolutions).
+
+The grid's worker calls :func:`prepare_data` (before sizing the model: the data fix ``num_classes`` and
+``in_chans``) and :func:`run_training`. Every number lands in ``TrainResult.metrics`` (one row per seed;
+the grid aggregates seeds); anything worth a sentence (a resolution the model cannot take) goes to
+``notes``.
+
+Metrics: ``test_top1`` / ``test_loss`` (the reported number: the source's test split), ``val_top1`` /
+``val_loss`` (only with ``val_size``), ``test_top1@R`` / ``test_loss@R`` for each ``eval_resolutions`` entry
+R (``eval_failed@R = 1`` with a note when the model cannot run at R; with ``eval_resolution_size`` every
+R, the training size included, is measured on the same class-balanced slice of the test split), the
+training metrics of :func:`~attn_zoo.train.recipe.fit`, ``forward_macs`` (per image at the training size),
+and the data sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attn_zoo.backbone.config import ModelConfig
+from attn_zoo.errors import AttnZooError
+from attn_zoo.train.data import Data, DataConfig, create_data
+from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
+
+
+@dataclasses.dataclass
+class TrainResult:
+    status: str  # "ok" or "diverged"
+    metrics: dict[str, float]
+    notes: list[str]
+    reason: str | None = None
+    backends: list[str] = dataclasses.field(default_factory=list)  # attention paths the trained model took
+    checkpoint: str | None = None  # where the final checkpoint is, when checkpoint_dir is set
+    model: Any = None  # the trained model (for measurements after training, e.g. its ERF)
+
+
+def prepare_data(spec: Mapping[str, Any], img_size: int) -> Data:
+    """The datasets of a cell (``spec["data"]``, ``spec["train"]``, ``spec["seed"]``) at ``img_size``."""
+    data_cfg = DataConfig.from_dict(spec["data"])
+    train_cfg = TrainConfig.from_dict(spec["train"])
+    return create_data(
+        data_cfg,
+        img_size=img_size,
+        batch_size=train_cfg.batch_size,
+        seed=int(spec["seed"]),
+        eval_batch_size=train_cfg.eval_batch_size,
+    )
+
+
+def data_row(data: Data) -> dict[str, float]:
+    return {
+        "train_size": data.info["train_size"],
+        "val_size": data.info["val_size"],
+        "test_size": data.info["test_size"],
+        "num_classes": data.info["num_classes"],
+    }
+
+
+def checkpoint_path_for(spec: Mapping[str, Any], directory: str | Path) -> Path:
+    """``DIR/<sha256 of the spec, 16 hex>.ckpt``: a changed cell never resumes another's checkpoint."""
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(directory).expanduser() / f"{key}.ckpt"
+
+
+def run_training(
+    spec: Mapping[str, Any],
+    config: ModelConfig,
+    device: str | torch.device = "cpu",
+    data: Data | None = None,
+    base_dir: str | Path | None = None,
+) -> TrainResult:
+    """Train the model ``config`` (already sized to the budget) on the cell's data; evaluate it.
+
+    A relative ``train.checkpoint_dir`` is taken relative to ``base_dir`` when given (the grid passes the
+    cell's artifact directory), else to the working directory.
+    """
+    from attn_zoo.backbone.harness import Backbone
+    from attn_zoo.train.budget import budget_metric
+
+    device = torch.device(device)
+    train_cfg = TrainConfig.from_dict(spec["train"])
+    data = data or prepare_data(spec, config.img_size)
+    forward_macs = budget_metric(config, "macs")
+    seed_everything(int(spec["seed"]))
+    model = Backbone(config)
+    checkpoint = None
+    if train_cfg.checkpoint_dir:
+        directory = Path(train_cfg.checkpoint_dir).expanduser()
+        checkpoint = checkpoint_path_for(spec, Path(base_dir) / directory if base_dir else directory)
+    metrics: dict[str, float] = {**data_row(data), "forward_macs": forward_macs}
+    try:
+        metrics.update(
+            fit(
+                model,
+                data.train_loader(),
+                train_cfg,
+                num_classes=data.info["num_classes"],
+                device=device,
+                forward_macs=forward_macs,
+                checkpoint_path=checkpoint,
+                identity={"spec": json.loads(json.dumps(spec, default=str)), "model": config.to_dict()},
+            )
+        )
+    except Diverged as exc:
+        metrics["diverged_step"] = exc.step
+        return TrainResult("diverged", metrics, [], str(exc))
+    amp = train_cfg.amp
+    test = evaluate(model, data.eval_loader("test"), device, amp)
+    metrics.update(test_top1=test["top1"], test_loss=test["loss"])
+    if data.val_set is not None:
+        val = evaluate(model, data.eval_loader("val"), device, amp)
+        metrics.update(val_top1=val["top1"], val_loss=val["loss"])
+    notes = []
+    subset = train_cfg.eval_resolution_size
+    if train_cfg.eval_resolutions and subset is not None and subset < data.info["test_size"]:
+        metrics["eval_resolution_size"] = subset
+    for res in train_cfg.eval_resolutions:
+        if res == config.img_size and (subset is None or subset >= data.info["test_size"]):
+            metrics.update({f"test_top1@{res}": test["top1"], f"test_loss@{res}": test["loss"]})
+            continue
+        try:
+            out = evaluate(model, data.eval_loader("test", res, size=subset), device, amp)
+        except (AttnZooError, RuntimeError, ValueError) as exc:  # the mechanism cannot take this size
+            metrics[f"eval_failed@{res}"] = 1.0
+            notes.append(f"eval at {res}x{res} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            continue
+        metrics.update({f"test_top1@{res}": out["top1"], f"test_loss@{res}": out["loss"]})
+    backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
+    return TrainResult("ok", metrics, notes, None, backends, str(checkpoint) if checkpoint else None, model)
