@@ -91,3 +91,18 @@ def test_confidence_intervals_and_the_summary_table(store):
     headers, rows = summary_rows(frame)
     assert headers[:3] == ["mechanism", "variant", "seeds"] and len(rows) == 2 + 4
     assert any(r[:2] == ["swin", "window=2, img_size=32"] and " ± " in r[-1] for r in rows)
+
+
+def test_the_reported_accuracy_is_the_test_split_when_a_store_has_one(store):
+    from attn_zoo.report.style import accuracy_metric
+
+    frame = store.frame()  # the fake cells record val_top1 only
+    assert accuracy_metric(frame) == "val_top1"
+    headers, _ = summary_rows(frame)
+    assert "val top-1 (%)" in headers and "top-1 (%)" not in headers
+    with_test = frame.assign(test_top1=frame["val_top1"] - 1.0)
+    assert accuracy_metric(with_test) == "test_top1"
+    headers, rows = summary_rows(with_test)
+    column = headers.index("top-1 (%)")
+    agg = aggregate(with_test, ["test_top1"])  # the table's rows, in the same order
+    assert [row[column].split(" ")[0] for row in rows] == [f"{v:.2f}" for v in agg["test_top1_mean"]]

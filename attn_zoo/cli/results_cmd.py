@@ -14,7 +14,18 @@ from attn_zoo.errors import ConfigError
 from attn_zoo.grid.store import STATUSES, Store, export_frame
 from attn_zoo.report.tables import aggregate
 
-DEFAULT_COLUMNS = ("label", "variant", "seed", "status", "params", "macs", "latency_median_ms", "val_top1", "reason")
+DEFAULT_COLUMNS = (
+    "label",
+    "variant",
+    "seed",
+    "status",
+    "params",
+    "macs",
+    "latency_median_ms",
+    "test_top1",
+    "val_top1",
+    "reason",
+)
 _OPS = {
     "==": operator.eq,
     "=": operator.eq,

@@ -19,10 +19,9 @@ import pandas as pd
 from attn_zoo.report.erf import artifact_columns, erf_plot, load_maps
 from attn_zoo.report.plots import bar_plot, heatmap_plot, pareto_plot, varied_columns
 from attn_zoo.report.scaling import scaling_plot
-from attn_zoo.report.style import is_memory_metric, metric_title
+from attn_zoo.report.style import accuracy_metric, is_memory_metric, metric_title
 from attn_zoo.report.tables import group_key
 
-ACCURACY = "val_top1"
 LATENCY = "latency_median_ms"
 MAX_BARS = 16
 
@@ -45,12 +44,13 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
     if not len(frame):
         return figures
     configs = group_key(frame).nunique()
+    accuracy = accuracy_metric(frame)  # test_top1, or val_top1 in stores without a test split
     seeds = "Points are configurations: mean over seeds, error bars the 95% confidence interval over seeds."
 
-    if _has(frame, ACCURACY) and configs > 1:
+    if _has(frame, accuracy) and configs > 1:
         for x, name in (("macs", "macs"), (LATENCY, "latency"), ("params", "params")):
             if _has(frame, x):
-                path = pareto_plot(frame, x, ACCURACY, out_dir / f"accuracy_vs_{name}.png")
+                path = pareto_plot(frame, x, accuracy, out_dir / f"accuracy_vs_{name}.png")
                 figures.append(
                     Figure(
                         path,
@@ -76,7 +76,7 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
                     )
                 )
 
-    target = ACCURACY if _has(frame, ACCURACY) else LATENCY if _has(frame, LATENCY) else None
+    target = accuracy if _has(frame, accuracy) else LATENCY if _has(frame, LATENCY) else None
     if target is not None:
         for label, group in frame.groupby("label", sort=True):
             axes = [c for c in varied_columns(group) if not c.startswith("factor.knobs.")]
@@ -92,7 +92,7 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
                 )
 
     if 1 < configs <= MAX_BARS:
-        for metric in (ACCURACY, LATENCY):
+        for metric in (accuracy, LATENCY):
             if _has(frame, metric):
                 path = bar_plot(frame, metric, out_dir / f"bars_{metric}.png")
                 figures.append(Figure(path, _cap(metric_title(metric)), seeds.replace("Points", "Bars")))

@@ -138,6 +138,7 @@ def render_html(
                 "params",
                 "macs",
                 "latency_median_ms",
+                "test_top1",
                 "val_top1",
                 "cell_wall_s",
             )

@@ -18,12 +18,12 @@ from typing import Any
 
 import pandas as pd
 
+from attn_zoo.report.style import accuracy_metric
 from attn_zoo.report.tables import aggregate
 
 LATENCY = "latency_median_ms"
 CI_LOW, CI_HIGH = "latency_fwd_ci_low_ms", "latency_fwd_ci_high_ms"
 IQRS = ("latency_fwd_iqr_ms", "latency_iqr_ms")
-ACCURACY = "val_top1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +74,9 @@ def compare_frames(
     accuracy_threshold: float = 1.0,
 ) -> Comparison:
     """Changes between two store frames (``Store.frame()``: ok cells) beyond the thresholds."""
-    base = _by_config(_with_spread(baseline), [LATENCY, "_spread", ACCURACY])
-    cur = _by_config(_with_spread(current), [LATENCY, "_spread", ACCURACY])
+    accuracy = accuracy_metric(baseline)  # test_top1, or val_top1 in stores without a test split
+    base = _by_config(_with_spread(baseline), [LATENCY, "_spread", accuracy])
+    cur = _by_config(_with_spread(current), [LATENCY, "_spread", accuracy])
     changes: list[Change] = []
     shared = [k for k in base if k in cur]
     for key in shared:
@@ -90,10 +91,10 @@ def compare_frames(
             if abs(delta) / bl > latency_threshold and abs(delta) > noise:
                 kind = "regression" if delta > 0 else "improvement"
                 changes.append(Change(*ident, LATENCY, bl, cl, delta, delta / bl, noise, kind))
-        ba, ca = b.get(f"{ACCURACY}_mean"), c.get(f"{ACCURACY}_mean")
+        ba, ca = b.get(f"{accuracy}_mean"), c.get(f"{accuracy}_mean")
         if _num(ba) and _num(ca) and abs(ca - ba) > accuracy_threshold:
             kind = "regression" if ca < ba else "improvement"
-            changes.append(Change(*ident, ACCURACY, ba, ca, ca - ba, None, None, kind))
+            changes.append(Change(*ident, accuracy, ba, ca, ca - ba, None, None, kind))
     for key in base:
         if key not in cur:
             b = base[key]

@@ -62,7 +62,9 @@ _METRICS = {
     "latency_p95_ms": ("latency, 95th percentile", "ms", "plain"),
     "latency_min_ms": ("latency, minimum", "ms", "plain"),
     "throughput_img_s": ("throughput", "images/s", "plain"),
-    "val_top1": ("top-1 accuracy", "%", "plain"),
+    "test_top1": ("top-1 accuracy (test)", "%", "plain"),
+    "val_top1": ("top-1 accuracy (validation)", "%", "plain"),
+    "test_loss": ("test loss", "nats", "plain"),
     "val_loss": ("validation loss", "nats", "plain"),
     "train_loss": ("training loss", "nats", "plain"),
     "train_time_s": ("training time", "s", "plain"),
@@ -146,3 +148,16 @@ def save(fig, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with plt.rc_context(RC):
         fig.savefig(path, metadata={"Software": "attn_zoo"})
+
+
+# The reported accuracy: the test split's top-1 (what training records); ``val_top1`` for stores that have
+# only a validation split (held out from the training data).
+ACCURACY_METRICS = ("test_top1", "val_top1")
+
+
+def accuracy_metric(frame) -> str:
+    """The accuracy column a store frame reports: ``test_top1`` when present, else ``val_top1``."""
+    for name in ACCURACY_METRICS:
+        if name in frame and frame[name].notna().any():
+            return name
+    return ACCURACY_METRICS[-1]

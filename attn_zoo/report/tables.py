@@ -19,7 +19,8 @@ DEFAULT_COLUMNS = (
     ("latency_median_ms", "latency (ms)", 1, "{:.2f}"),
     ("throughput_img_s", "img/s", 1, "{:.1f}"),
     ("peak_memory_mb", "peak mem (MB)", 1, "{:.1f}"),
-    ("val_top1", "top-1 (%)", 1, "{:.2f}"),
+    ("test_top1", "top-1 (%)", 1, "{:.2f}"),
+    ("val_top1", "val top-1 (%)", 1, "{:.2f}"),
 )
 # columns of Store.frame() that describe a cell rather than measure it
 IDENTITY_COLUMNS = (
