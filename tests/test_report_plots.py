@@ -106,3 +106,20 @@ def test_the_reported_accuracy_is_the_test_split_when_a_store_has_one(store):
     column = headers.index("top-1 (%)")
     agg = aggregate(with_test, ["test_top1"])  # the table's rows, in the same order
     assert [row[column].split(" ")[0] for row in rows] == [f"{v:.2f}" for v in agg["test_top1_mean"]]
+
+
+def test_accuracy_vs_resolution_curve_and_table(store, tmp_path):
+    from attn_zoo.report.plots import resolution_columns
+
+    frame = store.frame()
+    frame = frame.assign(**{"test_top1": frame["val_top1"], "test_top1@24": frame["val_top1"] - 5.0})
+    frame["test_top1@48"] = frame["val_top1"] - 9.0
+    assert resolution_columns(frame) == {24: "test_top1@24", 48: "test_top1@48"}
+    figures = {f.path.name: f for f in make_figures(frame, tmp_path)}
+    assert "test_top1_vs_resolution.png" in figures
+    assert mpimg.imread(figures["test_top1_vs_resolution.png"].path).shape[-1] in (3, 4)
+    columns = [(col, f"@{res}", 1, "{:.2f}") for res, col in resolution_columns(frame).items()]
+    headers, rows = summary_rows(frame, columns)
+    agg = aggregate(frame, ["test_top1@48"])
+    assert headers[-2:] == ["@24", "@48"]
+    assert [r[-1].split(" ")[0] for r in rows] == [f"{v:.2f}" for v in agg["test_top1@48_mean"]]

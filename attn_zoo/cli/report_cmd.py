@@ -10,6 +10,8 @@ from attn_zoo.cli._format import print_json, table
 from attn_zoo.cli.results_cmd import find_store
 from attn_zoo.grid.store import Store, StoreError
 from attn_zoo.report.figures import make_figures
+from attn_zoo.report.plots import resolution_columns
+from attn_zoo.report.style import accuracy_metric
 from attn_zoo.report.tables import summary_rows
 
 
@@ -44,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     headers, rows = summary_rows(frame) if len(frame) else (["mechanism"], [])
     print(table(headers, rows, markdown=args.markdown))
+    by_resolution = resolution_columns(frame, accuracy_metric(frame)) if len(frame) else {}
+    if len(by_resolution) > 1:  # the accuracy-vs-resolution numbers behind the curve
+        columns = [(col, f"top-1 @{res}px", 1, "{:.2f}") for res, col in by_resolution.items()]
+        headers, rows = summary_rows(frame, columns)
+        print(f"\n{accuracy_metric(frame)} at evaluation resolutions (models unchanged):")
+        print(table(headers, rows, markdown=args.markdown))
     for fig in figures:
         print(f"plot: {fig.path}")
     if page:

@@ -4,6 +4,7 @@
 - latency, memory and MACs vs resolution (log-log, fitted slopes), when the grid varies the resolution;
 - ablation heatmaps, for each mechanism whose cells vary two knobs (or factors);
 - bars with 95% confidence intervals for accuracy and latency;
+- accuracy vs evaluation resolution, when trained models were evaluated at other sizes;
 - effective receptive fields side by side, when cells stored ERF maps.
 """
 
@@ -17,7 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from attn_zoo.report.erf import artifact_columns, erf_plot, load_maps
-from attn_zoo.report.plots import bar_plot, heatmap_plot, pareto_plot, varied_columns
+from attn_zoo.report.plots import (
+    bar_plot,
+    heatmap_plot,
+    pareto_plot,
+    resolution_columns,
+    resolution_plot,
+    varied_columns,
+)
 from attn_zoo.report.scaling import scaling_plot
 from attn_zoo.report.style import accuracy_metric, is_memory_metric, metric_title
 from attn_zoo.report.tables import group_key
@@ -90,6 +98,17 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
                         "Ablation heatmap: each cell is the mean over seeds (± the 95% CI with several seeds).",
                     )
                 )
+
+    if len(resolution_columns(frame, accuracy)) > 1:
+        path = resolution_plot(frame, out_dir / f"{accuracy}_vs_resolution.png", accuracy)
+        figures.append(
+            Figure(
+                path,
+                "Accuracy vs evaluation resolution",
+                "Each model trained at one resolution (dotted) and evaluated unchanged at the others; a "
+                f"mechanism missing a point could not run at that size (the cell's reason says why). {seeds}",
+            )
+        )
 
     if 1 < configs <= MAX_BARS:
         for metric in (accuracy, LATENCY):

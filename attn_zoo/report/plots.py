@@ -325,3 +325,50 @@ def varied_columns(frame: pd.DataFrame, prefixes: Sequence[str] = ("knob.", "fac
         if col.startswith(tuple(prefixes)) and frame[col].dropna().nunique() > 1:
             out.append(col)
     return out
+
+
+def resolution_columns(frame: pd.DataFrame, metric: str = "test_top1") -> dict[int, str]:
+    """``{resolution: column}`` for the ``<metric>@R`` columns of evaluations at other resolutions."""
+    out = {}
+    for col in frame.columns:
+        name, _, res = col.partition("@")
+        if name == metric and res.isdigit() and frame[col].notna().any():
+            out[int(res)] = col
+    return dict(sorted(out.items()))
+
+
+def resolution_plot(frame: pd.DataFrame, path: str | Path, metric: str = "test_top1", title: str | None = None) -> Path:
+    """Accuracy against the evaluation resolution (the model trained at one size, evaluated unchanged at
+    others): one line per configuration, mean over seeds with the 95% CI as error bars."""
+    path = Path(path)
+    columns = resolution_columns(frame, metric)
+    agg = aggregate(frame, list(columns.values()))
+    colors = colors_for(ordered(agg["label"]))
+    markers = markers_for(ordered(agg["label"]))
+    resolutions = np.array(list(columns))
+    with figure(5.6, 3.8) as (fig, ax):
+        for _, rec in agg.iterrows():
+            means = np.array([rec[f"{c}_mean"] for c in columns.values()], dtype=float)
+            cis = np.nan_to_num(np.array([rec[f"{c}_ci95"] for c in columns.values()], dtype=float))
+            ax.errorbar(
+                resolutions,
+                means,
+                yerr=cis if cis.any() else None,
+                label=display_name(rec["label"], rec["variant"]),
+                color=colors[rec["label"]],
+                marker=markers[rec["label"]],
+                markersize=4,
+                capsize=2.5,
+                linewidth=1.2,
+            )
+        trained = frame["img_size"].dropna().unique() if "img_size" in frame else []
+        for size in trained:
+            if resolutions.min() <= size <= resolutions.max():
+                ax.axvline(size, color="0.6", linestyle=":", linewidth=1, zorder=0)
+        ax.set_xticks(resolutions, [str(r) for r in resolutions])
+        ax.set_xlabel("evaluation resolution (px; dotted: training resolution)")
+        ax.set_ylabel(metric_axis(metric, pd.Series([1.0]))[0])
+        ax.legend(fontsize=7, ncol=2, frameon=False, loc="best")
+        _title(ax, title or "Accuracy vs evaluation resolution", _seeds_note(agg))
+        save(fig, path)
+    return path
