@@ -33,6 +33,7 @@ import itertools
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -48,6 +49,19 @@ from attn_zoo.registry import PLUGINS_ENV
 INSTALL_HINT = "pip install 'attn-zoo[ray]'"
 MARKER = ".attn_zoo-ray-runner"  # written by the runner into a cell's artifact directory before submitting
 SLOTS_REFRESH_S = 5.0
+
+
+def unreachable(address: str, timeout_s: float = 10.0) -> str | None:
+    """Why ``HOST:PORT`` (or ``ray://HOST:PORT``) takes no TCP connection, or None when it does (or when the
+    address is not of that form, e.g. ``auto``)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def import_ray() -> Any:
@@ -121,6 +135,13 @@ class RayExecutor:
         self._slots, self._slots_at = 1, -float("inf")
 
     def _connect(self, address: str | None) -> None:
+        target = address or os.environ.get("RAY_ADDRESS")
+        problem = unreachable(target) if target else None
+        if problem:  # Ray itself would retry a dead address for many minutes
+            raise ConfigError(
+                f"cannot reach the Ray cluster at {target}: {problem}; start one with `ray start --head` and pass "
+                "the address it prints (see docs/scaling.md)"
+            )
         try:
             # no INFO lines and no worker output on the runner's terminal: the progress bar owns it
             self._ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
