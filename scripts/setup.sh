@@ -12,8 +12,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.attn_zoo-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: installing attn_zoo with its test extras (torch is large: a few minutes the first time)" >&2
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,dev]"
+    echo "setup: installing attn_zoo with its test extras and Ray (torch is large: a few minutes the first time)" >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test,dev,ray]"  # ray: tests/test_scale_ray.py runs a local cluster
     # natten: pure Python without a GPU build; runs its forward on CPU for the parity tests. Without build
     # isolation it reuses the torch above instead of downloading a second one.
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation natten==0.21.7

@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
         "--executor", default="local", help=f"where cells run: {', '.join(executor_names())} (default local)"
     )
     p.add_argument("--jobs", type=int, default=None, help="cells at once (local executor; default 1)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to join (--executor ray; e.g. 10.0.0.1:6379, see docs/scaling.md)"
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds one cell may run before it is stopped")
     p.add_argument(
         "--memory-limit-mb", type=int, default=None, help="memory cap of each cell's worker (heap; Linux); over it: oom"
@@ -86,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     options = dict(suite.executor)
     if args.jobs is not None:
         options["jobs"] = args.jobs
+    if args.address is not None:
+        if args.executor in ("local", "inline"):
+            raise ConfigError(f"--address names a Ray cluster; it needs --executor ray, not {args.executor!r}")
+        options["address"] = args.address
     executor = create_executor(args.executor, timeout_s=args.timeout, memory_limit_mb=args.memory_limit_mb, **options)
     out = Path(args.out)
     store_path = store_path_for(out, suite.name)

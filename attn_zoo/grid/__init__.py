@@ -1,6 +1,7 @@
-"""Suite files -> cells, the executors that run them, the runner, and the results store."""
+"""Suite files -> cells, the executors that run them (local processes, Ray), the runner, and the results store."""
 
 from attn_zoo.grid.executors import InlineExecutor, LocalExecutor, create_executor, register_executor
+from attn_zoo.grid.ray_executor import RayExecutor  # registers "ray"; Ray itself is imported only when used
 from attn_zoo.grid.runner import RunSummary, default_store_path, run_suite
 from attn_zoo.grid.store import Store, StoreError
 from attn_zoo.grid.suite import Cell, Suite, SuiteError, load_suite
@@ -9,6 +10,7 @@ __all__ = [
     "Cell",
     "InlineExecutor",
     "LocalExecutor",
+    "RayExecutor",
     "RunSummary",
     "Store",
     "StoreError",

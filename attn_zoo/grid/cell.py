@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from attn_zoo.train.budget import Budget, match_budget
 from attn_zoo.train.recipe import Diverged
 from attn_zoo.train.run import data_row, prepare_data, run_training
 
+if TYPE_CHECKING:
+    from attn_zoo.train.distributed import Distributed
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -36,9 +39,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None = None) -> dict[str, Any]:
+def run_cell(
+    spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None = None, distributed: Distributed | None = None
+) -> dict[str, Any]:
     """Run one resolved cell and return ``{"status", "metrics", "reason", "environment", "backends", "model",
-    "artifacts"}``. ``artifact_dir`` is where the cell may write files (created on first use)."""
+    "artifacts"}``. ``artifact_dir`` is where the cell may write files (created on first use).
+
+    ``distributed``: this process is one rank of a DDP job (:mod:`attn_zoo.train.distributed`): rank 0
+    matches the budget (the others take its model), measures and writes; every rank trains."""
+    main_rank = distributed is None or distributed.is_main
     artifacts: dict[str, str] = {}
     measure = spec["measure"]
     if measure.get("threads"):
@@ -55,7 +64,11 @@ def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None 
 
     budget = Budget(**spec["budget"])
     start = time.perf_counter()
-    match = match_budget(config, budget)
+    match = (
+        match_budget(config, budget)
+        if distributed is None
+        else distributed.from_main(lambda: match_budget(config, budget))
+    )
     config = match.config
     metrics.update(match.to_row(), budget_match_s=time.perf_counter() - start)
     if budget.strict and not match.within_tolerance:  # an unmatched model would make an unfair row
@@ -63,18 +76,20 @@ def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None 
 
     seed_everything(spec["seed"])
     model = Backbone(config).to(device)
-    metrics.update(measure_model(model, config, measure, device, artifact_dir=artifact_dir, artifacts=artifacts))
+    if main_rank:
+        metrics.update(measure_model(model, config, measure, device, artifact_dir=artifact_dir, artifacts=artifacts))
     backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
 
     status, reason = "ok", None
     if data is not None:
-        trained = run_training(spec, config, device, data, base_dir=artifact_dir)  # checkpoints go with the cell
+        # checkpoints go with the cell
+        trained = run_training(spec, config, device, data, base_dir=artifact_dir, distributed=distributed)
         metrics.update(trained.metrics)
         status, reason = trained.status, trained.reason or ("; ".join(trained.notes) or None)
         backends = trained.backends or backends
         if trained.checkpoint:
             artifacts["checkpoint"] = trained.checkpoint
-        if trained.status == "ok" and trained.model is not None:
+        if trained.status == "ok" and trained.model is not None and main_rank:
             after = measure_after_training(
                 trained.model,
                 config,

@@ -260,10 +260,15 @@ def _tail(path: Path, lines: int = 5) -> list[str]:
 
 
 def run_cell_in_worker(
-    cell: Cell, timeout_s: float | None = None, memory_limit_mb: int | None = None, artifact_dir: Path | None = None
+    cell: Cell,
+    timeout_s: float | None = None,
+    memory_limit_mb: int | None = None,
+    artifact_dir: Path | None = None,
+    command: Sequence[str] | None = None,
 ) -> Result:
-    """Run one cell in a fresh Python process and wait for it; never raises for what happens inside."""
-    executor = LocalExecutor(1, timeout_s, memory_limit_mb)
+    """Run one cell in a fresh Python process and wait for it; never raises for what happens inside.
+    ``command`` replaces the worker command line, as for :class:`LocalExecutor`."""
+    executor = LocalExecutor(1, timeout_s, memory_limit_mb, command)
     try:
         executor.submit(cell, artifact_dir or Path(tempfile.gettempdir()) / "attn_zoo_artifacts")
         while True:

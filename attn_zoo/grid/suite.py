@@ -313,10 +313,7 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
     mode = suite_table.get("mode", "product")
     if mode not in ("product", "zip"):
         raise SuiteError(path, "suite.mode", f"{show(mode)} unknown; allowed: product, zip")
-    executor = suite_table.get("executor", {})
-    if not isinstance(executor, dict):
-        raise SuiteError(path, "suite.executor", f"must be a table (e.g. {{ jobs = 2 }}), got {show(executor)}")
-    check_plain(path, "suite.executor", executor)
+    executor = _check_executor(path, suite_table.get("executor", {}))
 
     for section in CONFIG_SECTIONS:
         check_table(path, section, section, raw.get(section, {}), named=section in ("data", "budget"))
@@ -342,6 +339,37 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
         executor,
         tuple(k for k, _ in factors),
     )
+
+
+EXECUTOR_KEYS = {
+    "jobs": "cells at once (a positive integer)",
+    "cpus": "CPUs each cell asks of a Ray node (a number > 0; above 1 a whole number)",
+    "gpus": "GPUs each cell asks of a Ray node (a number >= 0; above 1 a whole number)",
+    "max_retries": "Ray re-runs of a cell whose worker was lost (an integer >= 0)",
+}
+
+
+def _check_executor(path: Path, table: Any) -> dict[str, Any]:
+    """``[suite] executor = { jobs = 2, cpus = 4, gpus = 1 }``: defaults for the executor (the command line
+    wins). ``cpus``/``gpus`` are each cell's resource request on a Ray cluster (``--executor ray``); the
+    local executor runs ``jobs`` cells at once and ignores them."""
+    key = "suite.executor"
+    if not isinstance(table, dict):
+        raise SuiteError(path, key, f"must be a table (e.g. {{ jobs = 2 }}), got {show(table)}")
+    check_plain(path, key, table)
+    for name, value in table.items():
+        if name not in EXECUTOR_KEYS:
+            raise SuiteError(path, f"{key}.{name}", f"unknown key; allowed: {', '.join(EXECUTOR_KEYS)}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        integer = number and isinstance(value, int)
+        if name in ("cpus", "gpus"):
+            low_ok = number and (value > 0 if name == "cpus" else value >= 0)
+            ok = low_ok and (value <= 1 or float(value).is_integer())  # Ray's rule for resource quantities
+        else:
+            ok = integer and (value >= 1 if name == "jobs" else value >= 0)
+        if not ok:
+            raise SuiteError(path, f"{key}.{name}", f"got {show(value)}; allowed: {EXECUTOR_KEYS[name]}")
+    return dict(table)
 
 
 def _check_plugins(path: Path, declared: Any, loaded: tuple[str | Path, ...]) -> None:

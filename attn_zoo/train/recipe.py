@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from torch.utils.data import DataLoader
 
 from attn_zoo.errors import ConfigError
 from attn_zoo.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from attn_zoo.train.distributed import Distributed
 
 # training MACs per image = TRAIN_MACS_FACTOR x forward MACs (forward + backward ~ 2 x forward)
 TRAIN_MACS_FACTOR = 3
@@ -198,8 +201,15 @@ def create_optimizer_and_schedule(model: nn.Module, config: TrainConfig, total: 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu", amp: bool = True) -> dict:
-    """Top-1 accuracy (%) and mean cross-entropy (no smoothing) over ``loader``."""
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: str | torch.device = "cpu",
+    amp: bool = True,
+    distributed: Distributed | None = None,
+) -> dict:
+    """Top-1 accuracy (%) and mean cross-entropy (no smoothing) over ``loader``; with ``distributed``, over
+    the union of every rank's ``loader`` (each rank passes its share)."""
     device = torch.device(device)
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
@@ -211,6 +221,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(dim=1) == labels).sum().item()
         total += labels.numel()
+    if distributed is not None:
+        correct, total, loss_sum = distributed.sum([correct, total, loss_sum])
+        correct, total = round(correct), round(total)
     return {"top1": 100.0 * correct / max(total, 1), "loss": loss_sum / max(total, 1), "count": total}
 
 
@@ -249,6 +262,7 @@ def fit(
     checkpoint_path: str | Path | None = None,
     identity: Mapping[str, Any] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    distributed: Distributed | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for the configured budget. Seed (``seed_everything``) before building the model.
 
@@ -257,6 +271,10 @@ def fit(
     -- matches the one it was written with) and one is written every ``checkpoint_every`` steps and at the
     end. Returns train_loss (mean of the last 10% of steps), train_steps, train_epochs, train_images,
     train_macs (when ``forward_macs`` is known), train_time_s and resumed_from_step.
+
+    With ``distributed`` (DDP under torchrun, see :mod:`attn_zoo.train.distributed`), ``train_loader`` yields
+    this rank's slice of each global batch of ``config.batch_size``; gradients are averaged over the ranks,
+    each step's loss is the mean over the ranks, and only rank 0 writes checkpoints.
     """
     device = torch.device(device)
     model.to(device)
@@ -300,6 +318,12 @@ def fit(
         step, losses, elapsed = int(state["step"]), list(state["losses"]), float(state["elapsed_s"])
         _set_rng_state(state["rng"])
         resumed = step
+    net = model
+    if distributed is not None:
+        distributed.same_everywhere(step, "the step resumed from")
+        distributed.decorrelate(step)
+        net = distributed.wrap(model)
+    main_rank = distributed is None or distributed.is_main
 
     def save() -> None:
         save_checkpoint(
@@ -328,8 +352,8 @@ def fit(
             if mixup is not None:
                 images, labels = mixup(images, labels)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = criterion(model(images), labels)
-            value = loss.item()
+                loss = criterion(net(images), labels)
+            value = loss.item() if distributed is None else distributed.mean(loss)
             if not math.isfinite(value):
                 raise Diverged(step, value)
             optimizer.zero_grad(set_to_none=True)
@@ -342,11 +366,16 @@ def fit(
             losses.append(value)
             if on_step is not None:
                 on_step(step, total, value)
-            if checkpoint_path is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+            if (
+                main_rank
+                and checkpoint_path is not None
+                and config.checkpoint_every
+                and step % config.checkpoint_every == 0
+            ):
                 save()
             if step >= total:
                 break
-    if checkpoint_path is not None and resumed < total:
+    if main_rank and checkpoint_path is not None and resumed < total:
         save()
     tail = losses[-max(1, len(losses) // 10) :]
     images_seen = step * config.batch_size

@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from attn_zoo.backbone.config import ModelConfig
 from attn_zoo.errors import AttnZooError
 from attn_zoo.train.data import Data, DataConfig, create_data
 from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
+
+if TYPE_CHECKING:
+    from attn_zoo.train.distributed import Distributed
 
 
 @dataclasses.dataclass
@@ -75,11 +78,13 @@ def run_training(
     device: str | torch.device = "cpu",
     data: Data | None = None,
     base_dir: str | Path | None = None,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train the model ``config`` (already sized to the budget) on the cell's data; evaluate it.
 
     A relative ``train.checkpoint_dir`` is taken relative to ``base_dir`` when given (the grid passes the
-    cell's artifact directory), else to the working directory.
+    cell's artifact directory), else to the working directory. ``distributed``: this process is one rank of
+    a DDP job (:mod:`attn_zoo.train.distributed`); the data are sharded, metrics reduced over the ranks.
     """
     from attn_zoo.backbone.harness import Backbone
     from attn_zoo.train.budget import budget_metric
@@ -95,27 +100,33 @@ def run_training(
         directory = Path(train_cfg.checkpoint_dir).expanduser()
         checkpoint = checkpoint_path_for(spec, Path(base_dir) / directory if base_dir else directory)
     metrics: dict[str, float] = {**data_row(data), "forward_macs": forward_macs}
+    train_loader, share = data.train_loader(), (lambda loader: loader)
+    if distributed is not None:
+        train_loader = distributed.shard_train_loader(train_loader, train_cfg.batch_size)
+        share = distributed.shard_eval_loader
+        metrics.update(distributed.row(train_cfg.batch_size))
     try:
         metrics.update(
             fit(
                 model,
-                data.train_loader(),
+                train_loader,
                 train_cfg,
                 num_classes=data.info["num_classes"],
                 device=device,
                 forward_macs=forward_macs,
                 checkpoint_path=checkpoint,
                 identity={"spec": json.loads(json.dumps(spec, default=str)), "model": config.to_dict()},
+                distributed=distributed,
             )
         )
     except Diverged as exc:
         metrics["diverged_step"] = exc.step
         return TrainResult("diverged", metrics, [], str(exc))
     amp = train_cfg.amp
-    test = evaluate(model, data.eval_loader("test"), device, amp)
+    test = evaluate(model, share(data.eval_loader("test")), device, amp, distributed)
     metrics.update(test_top1=test["top1"], test_loss=test["loss"])
     if data.val_set is not None:
-        val = evaluate(model, data.eval_loader("val"), device, amp)
+        val = evaluate(model, share(data.eval_loader("val")), device, amp, distributed)
         metrics.update(val_top1=val["top1"], val_loss=val["loss"])
     notes = []
     subset = train_cfg.eval_resolution_size
@@ -126,7 +137,7 @@ def run_training(
             metrics.update({f"test_top1@{res}": test["top1"], f"test_loss@{res}": test["loss"]})
             continue
         try:
-            out = evaluate(model, data.eval_loader("test", res, size=subset), device, amp)
+            out = evaluate(model, share(data.eval_loader("test", res, size=subset)), device, amp, distributed)
         except (AttnZooError, RuntimeError, ValueError) as exc:  # the mechanism cannot take this size
             metrics[f"eval_failed@{res}"] = 1.0
             notes.append(f"eval at {res}x{res} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
