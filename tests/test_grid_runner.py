@@ -108,6 +108,18 @@ def test_artifacts_are_kept_relative_and_paths_outside_are_dropped(tmp_path, sui
     assert "ignored artifacts outside the results directory: ['/etc/passwd']" in cell["reason"]
 
 
+def test_artifacts_are_kept_with_a_results_directory_relative_to_the_working_directory(tmp_path, suite, monkeypatch):
+    def with_files(cell, artifact_dir):
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        (artifact_dir / "erf.npy").write_bytes(b"x")
+        return {"status": "ok", "metrics": {}, "artifacts": {"erf": str(artifact_dir / "erf.npy")}}
+
+    monkeypatch.chdir(tmp_path)  # `attn-zoo run --out results`: the default, relative
+    run_suite(suite, "results/fake.sqlite", executor=InlineExecutor(with_files), progress=False)
+    cell = Store(tmp_path / "results" / "fake.sqlite").cells()[0]
+    assert cell["artifacts"] == {"erf": f"fake/artifacts/{cell['cell_id']}/erf.npy"} and not cell["reason"]
+
+
 def test_interrupt_releases_claimed_cells_and_a_rerun_finishes(tmp_path, suite):
     store_path = tmp_path / "s.sqlite"
 

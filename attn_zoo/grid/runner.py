@@ -58,8 +58,10 @@ def default_store_path(suite: Suite, out_dir: str | Path = "results") -> Path:
 
 
 def artifact_root(store_path: Path, suite: Suite) -> Path:
-    """Where cells of ``suite`` write files: ``<out>/<suite>/artifacts/<cell_id>/``."""
-    return store_path.parent / suite.name / "artifacts"
+    """Where cells of ``suite`` write files: ``<out>/<suite>/artifacts/<cell_id>/``, absolute (cells return
+    the paths they wrote, and a path relative to the working directory must not be read as relative to
+    the store's directory)."""
+    return store_path.parent.resolve() / suite.name / "artifacts"
 
 
 def run_suite(
