@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError
-from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
+from attn_zoo.layers.attention import dense_attention
 from attn_zoo.layers.window import pad_to_multiple, window_partition, window_reverse
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
@@ -50,7 +50,7 @@ class InteractiveWindowAttention(Mixer):
     """
 
     paper = "ScalableViT (Yang et al., ECCV 2022), Yangr116/ScalableViT"
-    backends = DENSE_BACKENDS + ("xformers",)
+    backends = ("sdpa", "reference", "flex", "xformers")
 
     def __init__(
         self,
