@@ -66,3 +66,54 @@ class RelativePositionBias(nn.Module):
         n = self.window[0] * self.window[1]
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
         return bias.permute(2, 0, 1)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``src[:, index]`` along dim 1 for an injective ``index``; the backward scatters back without summing."""
+
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.rows = src.shape[1]
+        return src.index_select(1, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        out = grad.new_zeros(grad.shape[0], ctx.rows, *grad.shape[2:])
+        return out.index_copy_(1, index, grad), None
+
+
+def gather_rows(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(B, R, ...) -> (B, len(index), ...)``: rows ``index`` of ``src`` (each row at most once), one copy."""
+    return _GatherRows.apply(src, index)
+
+
+def window_token_order(
+    height: int, width: int, window: tuple[int, int], shift: int, heads: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token permutations that replace pad + roll + :func:`window_partition` and its inverse by one gather each.
+
+    For a map padded at the bottom/right to ``(Hp, Wp)`` (multiples of the window) and rolled by
+    ``(-shift, -shift)``:
+
+    * ``into``, ``(Hp*Wp,)``: window-order token ``t = w*N + n`` (window ``w``, slot ``n``) is padded-map
+      token ``into[t]``, so ``gather_rows(x_padded.view(B, Hp*Wp, C), into)`` equals
+      ``window_partition(roll(x_padded, -shift)).view(B, nW*N, C)``.
+    * ``back``, ``(H*W*heads,)``: for an attention output ``(B, nW, heads, N, d)`` viewed as rows of ``d``,
+      ``gather_rows(out.view(B, nW*heads*N, d), back).view(B, H, W, heads*d)`` is the heads merged, the
+      windows reversed, the roll undone and the padding cropped, in one copy (instead of four).
+    """
+    Mh, Mw = window
+    Hp, Wp = -(-height // Mh) * Mh, -(-width // Mw) * Mw
+    position = torch.arange(Hp * Wp, device=device).view(1, Hp, Wp, 1)
+    if shift:
+        position = torch.roll(position, shifts=(-shift, -shift), dims=(1, 2))
+    into = window_partition(position, window).reshape(-1)
+    order = torch.empty_like(into)
+    order[into] = torch.arange(into.numel(), device=device)  # padded-map token -> window-order token
+    order = order.view(Hp, Wp)[:height, :width].reshape(-1)
+    n = Mh * Mw
+    w, slot = order // n, order % n
+    back = (w[:, None] * heads + torch.arange(heads, device=device)) * n + slot[:, None]  # row (w, head, slot)
+    return into, back.reshape(-1)

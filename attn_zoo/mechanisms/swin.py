@@ -8,14 +8,21 @@ two agree whenever the map is a multiple of the window (e.g. Swin-T at 224).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError
-from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
-from attn_zoo.layers.window import RelativePositionBias, pad_to_multiple, window_partition, window_reverse
+from attn_zoo.layers.attention import dense_attention
+from attn_zoo.layers.window import (
+    RelativePositionBias,
+    gather_rows,
+    pad_to_multiple,
+    window_partition,
+    window_token_order,
+)
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
 
@@ -40,7 +47,9 @@ class SwinAttention(Mixer):
 
     paper = "Swin Transformer (Liu et al., ICCV 2021), microsoft/Swin-Transformer"
     block_pattern = ({"shift": False}, {"shift": True})
-    backends = DENSE_BACKENDS + ("xformers",)
+    backends = ("sdpa", "reference", "flex", "xformers")
+    # 49-token windows on CPU: two batched matmuls beat SDPA's CPU flash kernel (docs/backends.md)
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
 
     def __init__(
         self,
@@ -68,6 +77,7 @@ class SwinAttention(Mixer):
         self.rel_pos = RelativePositionBias(self.window, num_heads)
         self.proj = nn.Linear(dim, dim)
         self._masks: dict[tuple, torch.Tensor | None] = {}
+        self._orders: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def validate_knobs(cls, knobs: dict[str, Any]) -> None:
@@ -75,26 +85,34 @@ class SwinAttention(Mixer):
             raise KnobError(f"mechanism 'swin': window must be >= 1, got {knobs['window']}")
 
     def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
-        """``(B, H, W, C) -> (B, H, W, C)``; any H, W (padded to the window internally, then cropped)."""
+        """``(B, H, W, C) -> (B, H, W, C)``; any H, W (padded to the window internally, then cropped).
+
+        Math of the official code: zero-pad bottom/right to multiples of M, roll by -M/2 (SW-MSA), partition
+        into windows, attention per window with bias + mask, proj, reverse, roll back, crop. The token
+        moves (pad/roll/partition, and merge heads/reverse/roll back/crop) are done as one precomputed
+        gather each (:func:`window_token_order`), which gives the same tensors with fewer copies.
+        """
         B, H, W, C = self.check_input(x)
         x = pad_to_multiple(x, self.window)
         Hp, Wp = x.shape[1:3]
-        s = self.shift_size
-        if s:
-            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-        windows = window_partition(x, self.window)  # (B, nW, N, C)
-        nW, N = windows.shape[1:3]
-        qkv = self.qkv(windows).reshape(B, nW, N, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        into, back = self._order(H, W, x.device)
+        windows = gather_rows(x.reshape(B, Hp * Wp, C), into)  # (B, nW*N, C), rolled and partitioned
+        N = self.window[0] * self.window[1]
+        nW = windows.shape[1] // N
+        qkv = self.qkv(windows).view(B, nW, N, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
         bias = self.rel_pos().unsqueeze(0)  # (1, heads, N, N)
         mask = self._mask(H, W, Hp, Wp, x.device)
         if mask is not None:
-            bias = bias + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N)
+            bias = bias + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N): one additive term
         out = dense_attention(*qkv.unbind(0), scale=self.scale, bias=bias, backend=self.pick_backend(x))
-        out = self.proj(out.transpose(2, 3).reshape(B, nW, N, C))
-        x = window_reverse(out, self.window, Hp, Wp)
-        if s:
-            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
-        return x[:, :H, :W, :]
+        rows = out.reshape(B, nW * self.num_heads * N, self.head_dim)  # (B, nW, heads, N, d) as rows of d
+        return self.proj(gather_rows(rows, back).view(B, H, W, C))
+
+    def _order(self, H: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (H, W, device)
+        if key not in self._orders:
+            self._orders[key] = window_token_order(H, W, self.window, self.shift_size, self.num_heads, device)
+        return self._orders[key]
 
     def _mask(self, H: int, W: int, Hp: int, Wp: int, device: torch.device) -> torch.Tensor | None:
         """``(nW, N, N)`` additive mask (0 or ``mask_value``) for the shift and optionally the padding."""
