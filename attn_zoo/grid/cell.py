@@ -64,7 +64,7 @@ def run_cell(spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None 
     seed_everything(spec["seed"])
     model = Backbone(config).to(device)
     metrics.update(measure_model(model, config, measure, device, artifact_dir=artifact_dir, artifacts=artifacts))
-    backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
+    backends = model.attention_backends()
 
     status, reason = "ok", None
     if data is not None:
