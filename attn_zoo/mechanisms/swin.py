@@ -19,6 +19,7 @@ from attn_zoo.layers.attention import dense_attention
 from attn_zoo.layers.window import (
     RelativePositionBias,
     gather_rows,
+    merge_heads_reverse,
     pad_to_multiple,
     window_partition,
     window_token_order,
@@ -77,7 +78,7 @@ class SwinAttention(Mixer):
         self.rel_pos = RelativePositionBias(self.window, num_heads)
         self.proj = nn.Linear(dim, dim)
         self._masks: dict[tuple, torch.Tensor | None] = {}
-        self._orders: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._orders: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     @classmethod
     def validate_knobs(cls, knobs: dict[str, Any]) -> None:
@@ -88,27 +89,34 @@ class SwinAttention(Mixer):
         """``(B, H, W, C) -> (B, H, W, C)``; any H, W (padded to the window internally, then cropped).
 
         Math of the official code: zero-pad bottom/right to multiples of M, roll by -M/2 (SW-MSA), partition
-        into windows, attention per window with bias + mask, proj, reverse, roll back, crop. The token
-        moves (pad/roll/partition, and merge heads/reverse/roll back/crop) are done as one precomputed
-        gather each (:func:`window_token_order`), which gives the same tensors with fewer copies.
+        into windows, attention per window with bias + mask, merge heads, reverse, roll back, crop, proj
+        (proj is per token, so it may follow the crop). For SW-MSA the token moves are one precomputed gather
+        each way (:func:`window_token_order`); W-MSA partitions and reverses with strided copies, which are
+        cheaper there. Same tensors either way, fewer copies than the official code.
         """
         B, H, W, C = self.check_input(x)
         x = pad_to_multiple(x, self.window)
         Hp, Wp = x.shape[1:3]
-        into, back = self._order(H, W, x.device)
-        windows = gather_rows(x.reshape(B, Hp * Wp, C), into)  # (B, nW*N, C), rolled and partitioned
-        N = self.window[0] * self.window[1]
-        nW = windows.shape[1] // N
-        qkv = self.qkv(windows).view(B, nW, N, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        h, d, N = self.num_heads, self.head_dim, self.window[0] * self.window[1]
+        nW = (Hp * Wp) // N
+        if self.shift_size:
+            into, into_inverse, back, back_inverse = self._order(H, W, x.device)
+            windows = gather_rows(x.reshape(B, Hp * Wp, C), into, into_inverse)  # rolled and partitioned
+        else:
+            windows = window_partition(x, self.window)
+        qkv = self.qkv(windows).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, N, d)
         bias = self.rel_pos().unsqueeze(0)  # (1, heads, N, N)
         mask = self._mask(H, W, Hp, Wp, x.device)
         if mask is not None:
             bias = bias + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N): one additive term
         out = dense_attention(*qkv.unbind(0), scale=self.scale, bias=bias, backend=self.pick_backend(x))
-        rows = out.reshape(B, nW * self.num_heads * N, self.head_dim)  # (B, nW, heads, N, d) as rows of d
-        return self.proj(gather_rows(rows, back).view(B, H, W, C))
+        if self.shift_size:
+            out = gather_rows(out.reshape(B, nW * h * N, d), back, back_inverse).view(B, H, W, C)
+        else:
+            out = merge_heads_reverse(out, self.window, Hp, Wp)[:, :H, :W]
+        return self.proj(out)
 
-    def _order(self, H: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _order(self, H: int, W: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         key = (H, W, device)
         if key not in self._orders:
             self._orders[key] = window_token_order(H, W, self.window, self.shift_size, self.num_heads, device)
