@@ -11,12 +11,13 @@ first or last), because a shared machine's load drifts within a run:
 * ``timm``: ``SwinTransformerBlock`` as timm 1.0.31 ships it. Its window attention's fused (SDPA) path is
   marked experimental and off by default, so this is q k^T + bias, softmax, @ v.
 * ``timm_fused``: the same block with ``attn.fused_attn = True`` (its SDPA path, bias + mask as one mask).
-* ``attn_zoo``: ours with ``backend="auto"``, which on CPU is the ``reference`` path (two batched matmuls).
-* ``attn_zoo_sdpa``: ours forced to ``backend="sdpa"``.
+* ``attn_zoo``: ours with ``backend="auto"``, which on CPU is the ``reference`` path (two batched matmuls;
+  ``bench_window_paths.py`` compares it with ``sdpa``).
 
 Each pytest-benchmark round is one call of every variant; the benchmark's own statistics are therefore
 of a whole round. The per-variant wall and CPU times of every round, their medians and the per-round
-ratios to ``timm`` are in ``extra_info``; the summary table is made from those::
+ratios to ``timm`` are in ``extra_info``; the summary table is made from those, with a bootstrap 95%
+interval of the median per-round ratio (2000 resamples of the rounds)::
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. /work/venv/bin/python -m pytest benchmarks/bench_swin_timm.py \\
         --benchmark-json=benchmarks/results/swin-vs-timm-cpu.json
@@ -49,15 +50,15 @@ import attn_zoo  # noqa: E402
 from attn_zoo.backbone.harness import Block  # noqa: E402
 
 THREADS, BATCH, WINDOW = 2, 8, 7
-ROUNDS = int(os.environ.get("ATTN_ZOO_BENCH_ROUNDS", "15"))
+ROUNDS = int(os.environ.get("ATTN_ZOO_BENCH_ROUNDS", "25"))
 # Swin-T at 224: (stage, feature side, channels, heads)
 SHAPES = [(1, 56, 96, 3), (3, 14, 384, 12)]
-VARIANTS = ("timm", "timm_fused", "attn_zoo", "attn_zoo_sdpa")
+VARIANTS = ("timm", "timm_fused", "attn_zoo")
 PASSES = ("forward", "forward+backward")
 
 
 def make_blocks(side: int, dim: int, heads: int, shift: bool) -> dict[str, torch.nn.Module]:
-    """The four variants with the same weights: timm's block, and ours loaded from its state_dict."""
+    """The variants with the same weights: timm's block (twice), and ours loaded from its state_dict."""
     torch.manual_seed(0)
     shift_size = WINDOW // 2 if shift else 0
     timm_block = SwinTransformerBlock(dim, (side, side), heads, window_size=WINDOW, shift_size=shift_size)
@@ -73,15 +74,10 @@ def make_blocks(side: int, dim: int, heads: int, shift: bool) -> dict[str, torch
         for k, v in timm_block.state_dict().items()
         if "relative_position_index" not in k and "attn_mask" not in k
     }
-    ours = {}
-    for name, backend in (("attn_zoo", "auto"), ("attn_zoo_sdpa", "sdpa")):
-        mixer = attn_zoo.create_mechanism(
-            "swin", dim, heads, feat_size=(side, side), window=WINDOW, shift=shift, backend=backend
-        )
-        block = Block(dim, mixer, 4.0, 1e-5, 0.0, None, cpe=False)
-        block.load_state_dict(state, strict=True)
-        ours[name] = block
-    return {"timm": timm_block.eval(), "timm_fused": fused.eval(), **{k: v.eval() for k, v in ours.items()}}
+    mixer = attn_zoo.create_mechanism("swin", dim, heads, feat_size=(side, side), window=WINDOW, shift=shift)
+    ours = Block(dim, mixer, 4.0, 1e-5, 0.0, None, cpe=False)
+    ours.load_state_dict(state, strict=True)
+    return {"timm": timm_block.eval(), "timm_fused": fused.eval(), "attn_zoo": ours.eval()}
 
 
 def _step(module: torch.nn.Module, x: torch.Tensor, pass_: str) -> Callable[[], None]:
@@ -166,19 +162,33 @@ def test_swin_block(benchmark, stage: int, side: int, dim: int, heads: int, shif
     )
 
 
+def bootstrap_median_ci(ratios: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of ``ratios``."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.tensor(ratios)
+    picks = torch.randint(len(ratios), (resamples, len(ratios)), generator=gen)
+    medians = values[picks].median(dim=1).values.sort().values
+    return float(medians[int(0.025 * resamples)]), float(medians[int(0.975 * resamples) - 1])
+
+
 def summarize(path: Path) -> str:
     """A markdown table from a saved run: per-variant wall medians (IQR) and the per-round ratios to timm."""
     data = json.loads(path.read_text())
     head = "| stage | attention | pass | " + " | ".join(f"{v} ms" for v in VARIANTS)
-    head += " | attn_zoo / timm (wall, per round) | attn_zoo / timm (CPU time) | load 1m |"
+    head += " | attn_zoo / timm per round: median [95% CI] | same, CPU time | load 1m |"
     lines = [head, "|" + "---|" * (len(VARIANTS) + 6)]
     for bench in data["benchmarks"]:
         e = bench["extra_info"]
         cells = [f"{e['wall_stats'][v]['median']:.1f} ({e['wall_stats'][v]['iqr']:.1f})" for v in VARIANTS]
+        ratio_cells = []
+        for key in ("wall_ms", "cpu_ms"):
+            ours, timm = e[key]["attn_zoo"], e[key]["timm"]
+            ratios = [a / b for a, b in zip(ours, timm)]
+            lo, hi = bootstrap_median_ci(ratios)
+            ratio_cells.append(f"{statistics.median(ratios):.3f} [{lo:.3f}, {hi:.3f}]")
         lines.append(
             f"| {e['stage']} | {e['msa']} | {e['pass_']} | "
-            + " | ".join(cells)
-            + f" | {e['median_ratio_to_timm']['attn_zoo']:.3f} | {e['median_cpu_ratio_to_timm']['attn_zoo']:.3f}"
+            + " | ".join(cells + ratio_cells)
             + f" | {e['load_avg_1m'][0]:.1f}-{e['load_avg_1m'][1]:.1f} |"
         )
     machine = data["machine_info"]

@@ -78,7 +78,8 @@ def test_list_json_names_the_path_auto_takes_here(capsys):
     assert main(["list", "--json", "--device", "cpu"]) == 0
     info = json.loads(capsys.readouterr().out)["mechanisms"]
     assert info["swin"]["auto"] == "reference"  # measured faster on CPU for 49-token windows (docs/backends.md)
-    assert info["global"]["auto"] == "sdpa" and info["msda"]["auto"] == "cpu_fast"
+    assert info["iwsa"]["auto"] == info["gcvit"]["auto"] == "reference"
+    assert info["global"]["auto"] == info["ssa"]["auto"] == "sdpa" and info["msda"]["auto"] == "cpu_fast"
     assert info["swin"]["backends"]["flex"].startswith("flex_attention is a fast path only on CUDA")
 
 

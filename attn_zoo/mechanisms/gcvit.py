@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +152,8 @@ class GCViTAttention(Mixer):
     paper = "GC-ViT (Hatamizadeh et al., ICML 2023), NVlabs/GCVit; timm gcvit"
     block_pattern = ({"global_query": False}, {"global_query": True})
     backends = ("sdpa", "reference", "flex", "xformers")
+    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
 
     def __init__(
         self,

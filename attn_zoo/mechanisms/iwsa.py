@@ -19,7 +19,8 @@ Whenever H and W are multiples of M the output equals the official code's.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -51,6 +52,8 @@ class InteractiveWindowAttention(Mixer):
 
     paper = "ScalableViT (Yang et al., ECCV 2022), Yangr116/ScalableViT"
     backends = ("sdpa", "reference", "flex", "xformers")
+    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
 
     def __init__(
         self,

@@ -49,7 +49,7 @@ class SwinAttention(Mixer):
     paper = "Swin Transformer (Liu et al., ICCV 2021), microsoft/Swin-Transformer"
     block_pattern = ({"shift": False}, {"shift": True})
     backends = ("sdpa", "reference", "flex", "xformers")
-    # 49-token windows on CPU: two batched matmuls beat SDPA's CPU flash kernel (docs/backends.md)
+    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
     auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
 
     def __init__(
