@@ -3,7 +3,9 @@
 Follows microsoft/Swin-Transformer (models/swin_transformer.py); the padding for maps that are not
 multiples of the window follows the official detection code (pad bottom/right with zeros after the
 norm, then roll, then build the shift mask on the padded map). timm rolls before padding instead; the
-two agree whenever the map is a multiple of the window (e.g. Swin-T at 224).
+two agree whenever the map is a multiple of the window (e.g. Swin-T at 224). The output projection runs
+after the crop (it is per token, so outputs are the same); on a padded map this counts fewer MACs than the
+official code, which projects the padded tokens too.
 """
 
 from __future__ import annotations
@@ -151,10 +153,11 @@ class SwinAttention(Mixer):
         return self._masks[key]
 
     def attention_macs(self, height: int, width: int) -> int:
+        """qkv and attention over the padded map; proj over the real tokens (it follows the crop)."""
         Mh, Mw = self.window
-        hp, wp = -(-height // Mh) * Mh, -(-width // Mw) * Mw
-        n, c = hp * wp, self.dim
-        return 4 * n * c * c + 2 * n * Mh * Mw * c
+        padded = -(-height // Mh) * Mh * (-(-width // Mw) * Mw)
+        c = self.dim
+        return 3 * padded * c * c + height * width * c * c + 2 * padded * Mh * Mw * c
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}, shift={self.shift_size}"
