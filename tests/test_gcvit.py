@@ -242,7 +242,7 @@ def test_deterministic_on_cpu(dtype):
 
 @pytest.mark.parametrize("global_query", [False, True])
 def test_backends_equal_forward_and_backward(global_query):
-    assert GCViTAttention.backends == ("sdpa", "reference", "xformers")
+    assert GCViTAttention.backends == ("sdpa", "reference", "flex", "xformers")
     torch.manual_seed(0)
     local, glob, gen = make_pair(size=(9, 10), window=4)
     mixer = glob if global_query else local

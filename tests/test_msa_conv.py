@@ -341,9 +341,10 @@ def test_clear_errors():
     m = attn_zoo.create_mechanism("msa_conv", 16, 2, border="inward", inter_pool=2)
     with pytest.raises(MechanismInputError, match=r"at least kernel \* dilation = 3x3, got 2x4 \(the 4x8 map"):
         m(torch.randn(1, 4, 8, 16))
-    m = attn_zoo.create_mechanism("msa_conv", 16, 2, backend="natten")
-    with pytest.raises(MechanismInputError, match="natten' implements only border='inward'"):
-        m(torch.randn(1, 8, 8, 16))
+    with pytest.raises(KnobError, match="natten' implements only border='inward'"):  # refused before compute
+        attn_zoo.create_mechanism("msa_conv", 16, 2, backend="natten")
+    with pytest.raises(KnobError, match=r"every kernel side >= 2, got kernel \(5, 1\)"):
+        attn_zoo.create_mechanism("msa_conv", 16, 2, backend="natten", border="inward", kernel=(5, 1))
     with pytest.raises(MechanismInputError, match="expected 16 channels"):
         attn_zoo.create_mechanism("msa_conv", 16, 2)(torch.randn(1, 4, 4, 8))
 

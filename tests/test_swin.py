@@ -9,6 +9,14 @@ import torch.nn.functional as F
 import attn_zoo
 from attn_zoo.backbone import create_model
 from attn_zoo.backbone.timm_weights import swin_from_timm
+from attn_zoo.layers.window import (
+    gather_rows,
+    merge_heads_reverse,
+    pad_to_multiple,
+    window_partition,
+    window_reverse,
+    window_token_order,
+)
 from attn_zoo.measure.counting import analytic_attention_macs, count_model
 
 timm = pytest.importorskip("timm")
@@ -147,3 +155,33 @@ def test_batch_independence_and_gradients():
     torch.testing.assert_close(y[1:2], m(x[1:2].detach()))
     y.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+@pytest.mark.parametrize("size", [(8, 8), (6, 9), (3, 2), (9, 13)])
+@pytest.mark.parametrize("shift", [0, 2])
+def test_token_order_is_pad_roll_partition_and_its_inverse(size, shift):
+    """The two gathers Swin uses equal the official pad -> roll -> partition and reverse -> roll -> crop."""
+    H, W = size
+    B, heads, d, window = 2, 3, 2, (4, 4)
+    into, into_inverse, back, back_inverse = window_token_order(H, W, window, shift, heads, torch.device("cpu"))
+    x = torch.randn(B, H, W, heads * d)
+    padded = pad_to_multiple(x, window)
+    Hp, Wp = padded.shape[1:3]
+    literal = window_partition(torch.roll(padded, (-shift, -shift), (1, 2)), window)  # (B, nW, N, C)
+    nW, N = literal.shape[1:3]
+    flat = padded.reshape(B, Hp * Wp, -1).requires_grad_()
+    windows = gather_rows(flat, into, into_inverse)
+    torch.testing.assert_close(windows, literal.reshape(B, nW * N, -1))
+    (grad_in,) = torch.autograd.grad((windows * torch.arange(windows.numel()).view_as(windows)).sum(), flat)
+    torch.testing.assert_close(gather_rows(grad_in, into), torch.arange(windows.numel()).view_as(windows).float())
+    out = torch.randn(B, nW, heads, N, d, requires_grad=True)  # an attention output
+    merged = out.transpose(2, 3).reshape(B, nW, N, heads * d)
+    expected = torch.roll(window_reverse(merged, window, Hp, Wp), (shift, shift), (1, 2))[:, :H, :W]
+    got = gather_rows(out.reshape(B, nW * heads * N, d), back, back_inverse).view(B, H, W, heads * d)
+    torch.testing.assert_close(got, expected)
+    assert (back_inverse is None) == ((Hp, Wp) != (H, W))  # a permutation only when nothing is cropped
+    if not shift:
+        torch.testing.assert_close(merge_heads_reverse(out, window, Hp, Wp)[:, :H, :W], expected)
+    (grad,) = torch.autograd.grad((got * torch.arange(got.numel()).view_as(got)).sum(), out)
+    (grad_literal,) = torch.autograd.grad((expected * torch.arange(got.numel()).view_as(got)).sum(), out)
+    torch.testing.assert_close(grad, grad_literal)  # padded positions get zero gradient on both

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from attn_zoo.errors import AttnZooError, ConfigError, UnknownNameError
+from attn_zoo.errors import AttnZooError, BackendUnavailableError, ConfigError, UnknownNameError
 from attn_zoo.layers.downsample import DOWNSAMPLERS
 from attn_zoo.layers.heads import HEADS
 from attn_zoo.layers.stems import STEMS
@@ -171,17 +171,56 @@ class ModelConfig:
             raise ConfigError(f"model {self.name!r}: drop rates must be in [0, 1)")
         if self.mlp_ratio <= 0:
             raise ConfigError(f"model {self.name!r}: mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not isinstance(self.backend, str):
+            raise ConfigError(f"model {self.name!r}: backend must be a string (a name or 'auto'), got {self.backend!r}")
         for stage in range(n):
             for spec in self.stage_pattern(stage):
                 try:
                     mech = get_mechanism(spec.name)
-                    for occurrence in range(len(mech.cls.block_pattern)):
-                        mech.resolve_knobs(spec.knobs, stage=stage, occurrence=occurrence)
                 except AttnZooError as exc:
                     raise ConfigError(f"model {self.name!r}, stage {stage}: {exc}") from None
                 if self.backend != "auto" and self.backend not in mech.backends:
-                    raise UnknownNameError(f"backend for {spec.name!r}", self.backend, ("auto", *mech.backends))
+                    raise ConfigError(
+                        f"model {self.name!r}: unknown backend {self.backend!r} for mechanism {spec.name!r} "
+                        f"(it offers {', '.join(mech.backends)}); allowed for this model: "
+                        f"{', '.join(self.allowed_backends())}"
+                    )
+                try:
+                    for occurrence in range(len(mech.cls.block_pattern)):
+                        knobs = mech.resolve_knobs(spec.knobs, stage=stage, occurrence=occurrence)
+                        if self.backend != "auto":
+                            mech.cls.check_backend(self.backend, knobs)
+                except AttnZooError as exc:
+                    raise ConfigError(f"model {self.name!r}, stage {stage}: {exc}") from None
         return self
+
+    def allowed_backends(self) -> tuple[str, ...]:
+        """Backend names every mechanism of this model offers (what ``backend`` may force), with ``"auto"``."""
+        common: list[str] | None = None
+        for name in self.mechanisms():
+            offered = get_mechanism(name).backends
+            common = list(offered) if common is None else [b for b in common if b in offered]
+        return ("auto", *(common or ()))
+
+    def check_backend_runs(self, device: Any) -> None:
+        """Raise ``BackendUnavailableError`` if the forced ``backend`` is not a usable path on ``device`` here.
+
+        Forward-only parity paths (natten or flex on CPU) count as unavailable: a suite or benchmark trains or
+        times backward passes. ``"auto"`` always resolves (every mechanism has a plain-torch path).
+        """
+        import torch
+
+        from attn_zoo.layers.backends import unavailable_reason
+
+        if self.backend == "auto":
+            return
+        reason = unavailable_reason(self.backend, torch.device(device))
+        if reason is not None:
+            allowed = [b for b in self.allowed_backends() if b == "auto" or unavailable_reason(b, device) is None]
+            raise BackendUnavailableError(
+                f"model {self.name!r}: backend {self.backend!r} is not available on {device}: {reason}; "
+                f"available here: {', '.join(allowed)}"
+            )
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -147,6 +147,23 @@ class Backbone(nn.Module):
     def mixers(self) -> list[Mixer]:
         return [m for m in self.modules() if isinstance(m, Mixer)]
 
+    def attention_backends(self) -> list[str]:
+        """The attention paths the mixers took (``last_backend``), sorted, for a result row.
+
+        If no mixer has run yet (measurements that run only copies of the model), one image goes through the
+        model first, in eval mode and without gradients, so the row names the paths that ``auto`` picks here.
+        """
+        if not any(m.last_backend for m in self.mixers()):
+            p = next(self.parameters())
+            size = self.config.img_size
+            was_training = self.training
+            try:
+                with torch.no_grad():
+                    self.eval()(torch.zeros(1, self.config.in_chans, size, size, device=p.device, dtype=p.dtype))
+            finally:
+                self.train(was_training)
+        return sorted({m.last_backend for m in self.mixers() if m.last_backend})
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W) -> (B, h, w, C_last)``, normalised."""
         x = self.stem(x)

@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("where and how")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     g.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    g.add_argument("--backend", default=None, metavar="NAME", help="force one attention path (see `attn-zoo list`)")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice, recorded)")
     g.add_argument("--amp", action="store_true", help="autocast to bfloat16")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -133,6 +134,9 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
             config = config.replace(mixer=MixerSpec(target, knobs))
         if args.num_classes is not None:
             config = config.replace(num_classes=args.num_classes)
+        if args.backend is not None:
+            config = config.replace(backend=args.backend).validate()
+            config.check_backend_runs(args.device)  # before any cell is timed or written
         for img_size in args.img_size or [config.img_size]:
             sized = config.replace(img_size=img_size).validate()
             for batch in args.batch:
@@ -185,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 torch.manual_seed(0)
                 model = Backbone(config).to(args.device)
                 metrics = measure_model(model, config, measure, torch.device(args.device))
-                backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
+                backends = model.attention_backends()
             except AttnZooError as exc:  # a user error (e.g. a backend this machine lacks): stop, say why
                 if store is not None:
                     store.finish_cell(cell_id, "failed", {}, f"{type(exc).__name__}: {exc}")

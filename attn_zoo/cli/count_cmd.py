@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the preset's)")
     p.add_argument("--mechanism", default=None, help="swap the preset's mixer for this mechanism")
     p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--backend", default=None, metavar="NAME", help="force one attention path (see `attn-zoo list`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -31,9 +32,13 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(mixer=MixerSpec(args.mechanism))
     if args.num_classes is not None:
         config = config.replace(num_classes=args.num_classes)
+    if args.backend is not None:
+        config = config.replace(backend=args.backend).validate()
+        config.check_backend_runs("cpu")  # counting runs the model on the CPU
     model = create_model(config)
     counts = count_model(model, config.img_size, in_chans=config.in_chans)
-    result = {"preset": args.preset, "img_size": config.img_size, **counts}
+    backends = model.attention_backends()
+    result = {"preset": args.preset, "img_size": config.img_size, "backends": backends, **counts}
     if args.json:
         print_json(result)
     else:
@@ -42,4 +47,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  MACs            {counts['macs'] / 1e9:10.3f} G   (multiply-accumulates; the papers' 'FLOPs')")
         print(f"  FLOPs           {counts['flops'] / 1e9:10.3f} G   (FlopCounterMode: 2 per MAC)")
         print(f"  attention MACs  {counts['attention_macs'] / 1e9:10.3f} G   (inside the token mixers)")
+        print(f"  backends        {', '.join(backends) or '-'}")
     return 0

@@ -34,6 +34,7 @@ def collect(device: str) -> dict:
             "stage_defaults": {k: list(v) for k, v in spec.cls.stage_defaults.items()},
             "block_pattern": [dict(p) for p in spec.cls.block_pattern],
             "backends": {b: (reason or "available") for b, reason in availability(spec.backends, device).items()},
+            "auto": _auto(spec.cls.auto_candidates(device), device),
         }
     return {
         "device": device,
@@ -41,6 +42,12 @@ def collect(device: str) -> dict:
         "presets": list_presets(),
         "plugin_errors": plugin_errors(),
     }
+
+
+def _auto(order: tuple[str, ...], device: str) -> str | None:
+    """The path ``backend="auto"`` takes on ``device`` with the mechanism's default knobs."""
+    found = availability(order, device)
+    return next((b for b in order if found[b] is None), None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         if len(m["block_pattern"]) > 1:
             print(f"    block pattern: {m['block_pattern']}")
         backends = ", ".join(b if r == "available" else f"{b} (no: {r})" for b, r in m["backends"].items())
-        print(f"    backends: {backends}\n")
+        print(f"    backends: {backends}")
+        print(f"    auto picks: {m['auto'] or 'none'}\n")
     print("Presets:")
     for name, doc in info["presets"].items():
         print(f"    {name}: {doc}")

@@ -47,6 +47,12 @@ def add_parser(sub) -> None:
         help="override a suite value, e.g. --set train.epochs=1 (TOML value syntax)",
     )
     p.add_argument(
+        "--backend",
+        default=None,
+        metavar="NAME",
+        help="force one attention path for every cell (= --set model.backend=NAME; see `attn-zoo list`)",
+    )
+    p.add_argument(
         "--plugin",
         action="append",
         default=[],
@@ -85,7 +91,10 @@ def store_path_for(out: Path, name: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin_file(plugin)
-    suite = load_suite(args.suite, parse_overrides(args.set), plugins=tuple(args.plugin))
+    overrides = parse_overrides(args.set)
+    if args.backend is not None:  # checked with the suite (name, mechanisms' knobs, this machine) before any cell
+        overrides["model.backend"] = args.backend
+    suite = load_suite(args.suite, overrides, plugins=tuple(args.plugin))
     options = dict(suite.executor)
     if args.jobs is not None:
         options["jobs"] = args.jobs

@@ -78,7 +78,7 @@ def run_cell(
     model = Backbone(config).to(device)
     if main_rank:
         metrics.update(measure_model(model, config, measure, device, artifact_dir=artifact_dir, artifacts=artifacts))
-    backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
+    backends = model.attention_backends()
 
     status, reason = "ok", None
     if data is not None:

@@ -622,6 +622,8 @@ def _resolve_cell(
         budget = Budget(**sections["budget"]) if sections["budget"] else Budget()
     with _section(path, "measure"):
         measure = resolve_measure(sections["measure"])
+    with _section(path, "model.backend"):
+        _check_backend_here(config, measure["device"])
     if train is not None and data is None:
         raise SuiteError(path, "data", 'training needs a [data] section (e.g. source = "synthetic")')
     return {
@@ -637,6 +639,15 @@ def _resolve_cell(
         "seed": seed,
         "factors": factors,
     }
+
+
+def _check_backend_here(config: ModelConfig, device: str) -> None:
+    """A forced backend must be usable on the cell's device, checked before any cell runs; a CUDA device this
+    machine lacks is left to the machine that runs the cell (a cluster's workers)."""
+    import torch
+
+    if device == "cpu" or torch.cuda.is_available():
+        config.check_backend_runs(device)
 
 
 def _suite_mechanisms(raw: Mapping[str, Any]) -> list[str]:

@@ -34,11 +34,18 @@ def unavailable_reason(name: str, device: torch.device | str) -> str | None:
     return _CHECKS[name](torch.device(device))
 
 
-def resolve_backend(requested: str, candidates: Sequence[str], device: torch.device | str, owner: str) -> str:
-    """The backend to run: ``requested`` if it is available, or the first available candidate for ``auto``."""
+def resolve_backend(
+    requested: str,
+    candidates: Sequence[str],
+    device: torch.device | str,
+    owner: str,
+    auto_order: Sequence[str] | None = None,
+) -> str:
+    """The backend to run: ``requested`` if it can run, or for ``auto`` the first available one of ``auto_order``
+    (default ``candidates``, best first)."""
     device = torch.device(device)
     if requested == "auto":
-        for name in candidates:
+        for name in auto_order or candidates:
             if unavailable_reason(name, device) is None:
                 return name
         raise BackendUnavailableError(f"{owner}: no attention path runs on {device} (tried {list(candidates)})")
@@ -53,6 +60,13 @@ def resolve_backend(requested: str, candidates: Sequence[str], device: torch.dev
 def availability(candidates: Sequence[str], device: torch.device | str = "cpu") -> dict[str, str | None]:
     """``{backend: None or reason}`` for each candidate, for ``attn-zoo list``."""
     return {name: unavailable_reason(name, device) for name in candidates}
+
+
+def runs_reason(name: str, device: torch.device | str) -> str | None:
+    """``None`` if a forced ``name`` can execute on ``device`` at all (e.g. a forward-only parity path), else why."""
+    if name not in _RUNS:
+        raise UnknownNameError("backend", name, _RUNS)
+    return _RUNS[name](torch.device(device))
 
 
 def _always(device: torch.device) -> str | None:
@@ -70,18 +84,29 @@ def _cuda_only(package: str) -> Callable[[torch.device], str | None]:
     return check
 
 
+def _flex_import_error() -> str | None:
+    try:
+        import torch.nn.attention.flex_attention
+    except ImportError as exc:  # pragma: no cover - present in the pinned torch
+        return f"torch {torch.__version__} has no flex_attention ({exc})"
+    return None
+
+
 def _flex(device: torch.device) -> str | None:
     if device.type != "cuda":
         # eager flex_attention on CPU computes every query-key pair and has no backward: not a fast path
-        return "flex_attention is a fast path only on CUDA (CPU: eager, every pair, no backward)"
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - present in the pinned torch
-        return str(exc)
-    return None
+        return "flex_attention is a fast path only on CUDA (on CPU: eager, every pair, forward only)"
+    return _flex_import_error()
+
+
+def _flex_runs(device: torch.device) -> str | None:
+    """A forced ``flex`` runs on CUDA, and on CPU forward only (the parity tests); the call refuses gradients."""
+    if device.type not in ("cuda", "cpu"):
+        return f"flex_attention has no kernels for {device.type} here"
+    return _flex_import_error()
 
 
 register_backend("reference", _always)
 register_backend("sdpa", _always)
 register_backend("xformers", _cuda_only("xformers"))
-register_backend("flex", _flex)
+register_backend("flex", _flex, runs=_flex_runs)

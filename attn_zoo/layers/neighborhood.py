@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import register_flop_formula
 
-from attn_zoo.errors import BackendUnavailableError, MechanismInputError, UnknownNameError
+from attn_zoo.errors import BackendUnavailableError, KnobError, MechanismInputError, UnknownNameError
 from attn_zoo.layers.backends import register_backend
 
 __all__ = [
@@ -259,6 +259,20 @@ def choose_backend(backend: str, q: Tensor, border: str, kernel: tuple[int, int]
             return "natten"
         return "cpu_fast"
     return backend
+
+
+def check_mixer_backend(mechanism: str, backend: str, border: str, kernel: object) -> None:
+    """A mixer's forced ``backend`` against its knobs, before any compute: natten needs ``border="inward"``
+    and every kernel side >= 2. Raises ``KnobError`` naming the mechanism and the backends that fit."""
+    if backend != "natten":
+        return
+    sides = _pair(kernel, "kernel")
+    if border != "inward" or min(sides) < 2:
+        got = f"border={border!r}" if border != "inward" else f"kernel {sides}"
+        raise KnobError(
+            f"mechanism {mechanism!r}: backend 'natten' implements only border='inward' (natten shifts windows "
+            f"inward) with every kernel side >= 2, got {got}; use backend 'cpu_fast' or 'reference'"
+        )
 
 
 def _check_natten_call(border: str, kernel: tuple[int, int]) -> None:

@@ -29,6 +29,9 @@ class Mixer(nn.Module):
         stage_defaults: per-stage defaults from the paper (``{"r_n": (8, 4, 2, 1)}``); stages past the end
             reuse the last value. User knobs override.
         backends: the attention paths this mechanism can run, best first for ``backend="auto"``.
+        auto_order: per device type (``"cpu"``, ``"cuda"``), the order ``"auto"`` tries there when it differs
+            from ``backends`` (e.g. window attention of 49 tokens is faster unfused on CPU); measured, see
+            docs/backends.md.
         paper: one line naming the paper and the official code it follows.
     """
 
@@ -37,6 +40,7 @@ class Mixer(nn.Module):
     block_pattern: ClassVar[Sequence[Mapping[str, Any]]] = ({},)
     stage_defaults: ClassVar[Mapping[str, Sequence[Any]]] = {}
     backends: ClassVar[tuple[str, ...]] = ("reference",)
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     def __init__(self, dim: int, num_heads: int, *, feat_size: tuple[int, int] | None = None):
         super().__init__()
@@ -73,6 +77,16 @@ class Mixer(nn.Module):
     def validate_knobs(cls, knobs: Mapping[str, Any]) -> None:
         """Check value constraints of resolved knobs (types are already checked); raise ``KnobError``."""
 
+    @classmethod
+    def check_backend(cls, backend: str, knobs: Mapping[str, Any]) -> None:
+        """Refuse a forced ``backend`` that cannot compute these resolved ``knobs`` (raise ``KnobError``), so a
+        config fails before any compute; e.g. natten only shifts windows inward. Names are checked elsewhere."""
+
+    @classmethod
+    def auto_candidates(cls, device: torch.device | str) -> tuple[str, ...]:
+        """The order ``backend="auto"`` tries on ``device``: ``auto_order[device type]`` or ``backends``."""
+        return tuple(cls.auto_order.get(torch.device(device).type, cls.backends))
+
     def attention_macs(self, height: int, width: int) -> int:
         """Analytic multiply-accumulates of this mixer for one image at a ``height x width`` stage map."""
         raise NotImplementedError(f"{type(self).__name__} declares no attention-MACs formula")
@@ -102,7 +116,8 @@ class Mixer(nn.Module):
 
     def pick_backend(self, x: torch.Tensor) -> str:
         """The attention path to run for input ``x`` (records it in ``last_backend``)."""
-        name = resolve_backend(self.backend, self.backends, x.device, self.name or type(self).__name__)
+        label = self.name or type(self).__name__
+        name = resolve_backend(self.backend, self.backends, x.device, label, self.auto_candidates(x.device))
         self.last_backend = name
         return name
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
+from attn_zoo.layers.attention import dense_attention
 from attn_zoo.layers.mbconv import MbConvBlock
 from attn_zoo.layers.window import RelativePositionBias, pad_to_multiple, window_partition, window_reverse
 from attn_zoo.mechanisms.base import Mixer
@@ -151,7 +151,9 @@ class GCViTAttention(Mixer):
 
     paper = "GC-ViT (Hatamizadeh et al., ICML 2023), NVlabs/GCVit; timm gcvit"
     block_pattern = ({"global_query": False}, {"global_query": True})
-    backends = DENSE_BACKENDS + ("xformers",)
+    backends = ("sdpa", "reference", "flex", "xformers")
+    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
 
     def __init__(
         self,

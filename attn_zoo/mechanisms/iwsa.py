@@ -19,13 +19,14 @@ Whenever H and W are multiples of M the output equals the official code's.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError
-from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
+from attn_zoo.layers.attention import dense_attention
 from attn_zoo.layers.window import pad_to_multiple, window_partition, window_reverse
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
@@ -50,7 +51,9 @@ class InteractiveWindowAttention(Mixer):
     """
 
     paper = "ScalableViT (Yang et al., ECCV 2022), Yangr116/ScalableViT"
-    backends = DENSE_BACKENDS + ("xformers",)
+    backends = ("sdpa", "reference", "flex", "xformers")
+    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
 
     def __init__(
         self,

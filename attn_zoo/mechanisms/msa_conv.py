@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
+from attn_zoo.layers import neighborhood
 from attn_zoo.layers.neighborhood import neighborhood_attention
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
@@ -150,6 +151,21 @@ class MSAConv(Mixer):
         if knobs.get("inter_pool", 1) < 1:
             raise KnobError(f"mechanism 'msa_conv': inter_pool must be >= 1 (1 = off), got {knobs['inter_pool']}")
 
+    @classmethod
+    def check_backend(cls, backend: str, knobs: Mapping[str, Any]) -> None:
+        neighborhood.check_mixer_backend("msa_conv", backend, knobs.get("border", "zero"), knobs.get("kernel", 3))
+
+    def set_backend(self, backend: str) -> None:
+        self.check_backend(backend, {"border": self.border, "kernel": self.kernel})
+        super().set_backend(backend)
+
+    def pick_backend(self, x: torch.Tensor) -> str:
+        if self.backend != "auto":
+            return super().pick_backend(x)  # checks that the forced path runs on x's device
+        # as MSDA: "auto" is the kernel's choice (natten on CUDA for "inward" with libnatten, else cpu_fast)
+        self.last_backend = neighborhood.choose_backend("auto", x, self.border, self.kernel)
+        return "auto"
+
     def attention_grid(self, height: int, width: int) -> tuple[int, int]:
         """The map the local attention runs on: ``(ceil(H/f), ceil(W/f))`` with inter-pooling, else ``(H, W)``."""
         f = self.inter_pool
@@ -159,7 +175,7 @@ class MSAConv(Mixer):
         """``(B, H, W, C) -> (B, H, W, C)``; any H, W (with ``border="inward"``: grid >= k * d per side)."""
         B, H, W, C = self.check_input(x)
         backend = self.pick_backend(x)
-        self._check_size(H, W, backend)
+        self._check_size(H, W)
         h, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).reshape(B, H, W, 3, h, d).permute(3, 0, 4, 1, 2, 5).unbind(0)  # (B, h, H, W, d)
         if self.shift:
@@ -207,12 +223,7 @@ class MSAConv(Mixer):
         out = out.reshape(B, f, f, h, Hs, Ws, d).permute(0, 3, 4, 1, 5, 2, 6).reshape(B, h, Hs * f, Ws * f, d)
         return out[:, :, :H, :W]
 
-    def _check_size(self, H: int, W: int, backend: str) -> None:
-        if backend == "natten" and self.border != "inward":
-            raise MechanismInputError(
-                f"msa_conv: backend 'natten' implements only border='inward', got border={self.border!r}; "
-                "use backend 'cpu_fast' or 'reference'"
-            )
+    def _check_size(self, H: int, W: int) -> None:
         if self.border == "inward":
             grid = self.attention_grid(H, W)
             if any(g < kk * dd for g, kk, dd in zip(grid, self.kernel, self.dil)):

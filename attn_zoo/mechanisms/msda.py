@@ -8,6 +8,7 @@ shared kernel :func:`attn_zoo.layers.neighborhood.neighborhood_attention`; this 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -93,12 +94,12 @@ class MultiScaleDilatedAttention(Mixer):
         if not dilations or any(d < 1 for d in dilations):
             raise KnobError(f"mechanism 'msda': dilations must be a non-empty list of ints >= 1, got {dilations!r}")
 
+    @classmethod
+    def check_backend(cls, backend: str, knobs: Mapping[str, Any]) -> None:
+        neighborhood.check_mixer_backend("msda", backend, knobs.get("border", "zero"), knobs.get("kernel", 3))
+
     def set_backend(self, backend: str) -> None:
-        if backend == "natten" and self.border != "inward":
-            raise KnobError(
-                f"mechanism 'msda': backend 'natten' implements only border='inward' (natten shifts windows "
-                f"inward), got border={self.border!r}; use backend 'cpu_fast' or 'reference'"
-            )
+        self.check_backend(backend, {"border": self.border, "kernel": self.kernel})
         super().set_backend(backend)
 
     def pick_backend(self, x: torch.Tensor) -> str:

@@ -3,19 +3,29 @@
 Follows microsoft/Swin-Transformer (models/swin_transformer.py); the padding for maps that are not
 multiples of the window follows the official detection code (pad bottom/right with zeros after the
 norm, then roll, then build the shift mask on the padded map). timm rolls before padding instead; the
-two agree whenever the map is a multiple of the window (e.g. Swin-T at 224).
+two agree whenever the map is a multiple of the window (e.g. Swin-T at 224). The output projection runs
+after the crop (it is per token, so outputs are the same); on a padded map this counts fewer MACs than the
+official code, which projects the padded tokens too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError
-from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
-from attn_zoo.layers.window import RelativePositionBias, pad_to_multiple, window_partition, window_reverse
+from attn_zoo.layers.attention import dense_attention
+from attn_zoo.layers.window import (
+    RelativePositionBias,
+    gather_rows,
+    merge_heads_reverse,
+    pad_to_multiple,
+    window_partition,
+    window_token_order,
+)
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
 
@@ -40,7 +50,9 @@ class SwinAttention(Mixer):
 
     paper = "Swin Transformer (Liu et al., ICCV 2021), microsoft/Swin-Transformer"
     block_pattern = ({"shift": False}, {"shift": True})
-    backends = DENSE_BACKENDS + ("xformers",)
+    backends = ("sdpa", "reference", "flex", "xformers")
+    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
 
     def __init__(
         self,
@@ -68,6 +80,7 @@ class SwinAttention(Mixer):
         self.rel_pos = RelativePositionBias(self.window, num_heads)
         self.proj = nn.Linear(dim, dim)
         self._masks: dict[tuple, torch.Tensor | None] = {}
+        self._orders: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     @classmethod
     def validate_knobs(cls, knobs: dict[str, Any]) -> None:
@@ -75,26 +88,41 @@ class SwinAttention(Mixer):
             raise KnobError(f"mechanism 'swin': window must be >= 1, got {knobs['window']}")
 
     def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
-        """``(B, H, W, C) -> (B, H, W, C)``; any H, W (padded to the window internally, then cropped)."""
+        """``(B, H, W, C) -> (B, H, W, C)``; any H, W (padded to the window internally, then cropped).
+
+        Math of the official code: zero-pad bottom/right to multiples of M, roll by -M/2 (SW-MSA), partition
+        into windows, attention per window with bias + mask, merge heads, reverse, roll back, crop, proj
+        (proj is per token, so it may follow the crop). For SW-MSA the token moves are one precomputed gather
+        each way (:func:`window_token_order`); W-MSA partitions and reverses with strided copies, which are
+        cheaper there. Same tensors either way, fewer copies than the official code.
+        """
         B, H, W, C = self.check_input(x)
         x = pad_to_multiple(x, self.window)
         Hp, Wp = x.shape[1:3]
-        s = self.shift_size
-        if s:
-            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-        windows = window_partition(x, self.window)  # (B, nW, N, C)
-        nW, N = windows.shape[1:3]
-        qkv = self.qkv(windows).reshape(B, nW, N, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        h, d, N = self.num_heads, self.head_dim, self.window[0] * self.window[1]
+        nW = (Hp * Wp) // N
+        if self.shift_size:
+            into, into_inverse, back, back_inverse = self._order(H, W, x.device)
+            windows = gather_rows(x.reshape(B, Hp * Wp, C), into, into_inverse)  # rolled and partitioned
+        else:
+            windows = window_partition(x, self.window)
+        qkv = self.qkv(windows).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, N, d)
         bias = self.rel_pos().unsqueeze(0)  # (1, heads, N, N)
         mask = self._mask(H, W, Hp, Wp, x.device)
         if mask is not None:
-            bias = bias + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N)
+            bias = bias + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N): one additive term
         out = dense_attention(*qkv.unbind(0), scale=self.scale, bias=bias, backend=self.pick_backend(x))
-        out = self.proj(out.transpose(2, 3).reshape(B, nW, N, C))
-        x = window_reverse(out, self.window, Hp, Wp)
-        if s:
-            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
-        return x[:, :H, :W, :]
+        if self.shift_size:
+            out = gather_rows(out.reshape(B, nW * h * N, d), back, back_inverse).view(B, H, W, C)
+        else:
+            out = merge_heads_reverse(out, self.window, Hp, Wp)[:, :H, :W]
+        return self.proj(out)
+
+    def _order(self, H: int, W: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        key = (H, W, device)
+        if key not in self._orders:
+            self._orders[key] = window_token_order(H, W, self.window, self.shift_size, self.num_heads, device)
+        return self._orders[key]
 
     def _mask(self, H: int, W: int, Hp: int, Wp: int, device: torch.device) -> torch.Tensor | None:
         """``(nW, N, N)`` additive mask (0 or ``mask_value``) for the shift and optionally the padding."""
@@ -125,10 +153,11 @@ class SwinAttention(Mixer):
         return self._masks[key]
 
     def attention_macs(self, height: int, width: int) -> int:
+        """qkv and attention over the padded map; proj over the real tokens (it follows the crop)."""
         Mh, Mw = self.window
-        hp, wp = -(-height // Mh) * Mh, -(-width // Mw) * Mw
-        n, c = hp * wp, self.dim
-        return 4 * n * c * c + 2 * n * Mh * Mw * c
+        padded = -(-height // Mh) * Mh * (-(-width // Mw) * Mw)
+        c = self.dim
+        return 3 * padded * c * c + height * width * c * c + 2 * padded * Mh * Mw * c
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}, shift={self.shift_size}"
