@@ -143,5 +143,5 @@ def run_training(
             notes.append(f"eval at {res}x{res} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             continue
         metrics.update({f"test_top1@{res}": out["top1"], f"test_loss@{res}": out["loss"]})
-    backends = sorted({m.last_backend for m in model.mixers() if m.last_backend})
+    backends = model.attention_backends()
     return TrainResult("ok", metrics, notes, None, backends, str(checkpoint) if checkpoint else None, model)
