@@ -12,20 +12,9 @@ import pandas as pd
 from attn_zoo.cli._format import print_json, table
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.store import STATUSES, Store, export_frame
-from attn_zoo.report.tables import aggregate
+from attn_zoo.report.tables import CELL_COLUMNS, aggregate
 
-DEFAULT_COLUMNS = (
-    "label",
-    "variant",
-    "seed",
-    "status",
-    "params",
-    "macs",
-    "latency_median_ms",
-    "test_top1",
-    "val_top1",
-    "reason",
-)
+DEFAULT_COLUMNS = (*CELL_COLUMNS, "reason")
 _OPS = {
     "==": operator.eq,
     "=": operator.eq,

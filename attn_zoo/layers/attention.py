@@ -31,6 +31,10 @@ import torch.nn.functional as F
 from attn_zoo.errors import BackendUnavailableError, UnknownNameError
 
 DENSE_BACKENDS = ("sdpa", "reference")
+# Window attention (Swin, IWSA, GC-ViT): flex's block-diagonal mask on CUDA too; on CPU, 49-token windows
+# run faster as two batched matmuls than through SDPA (benchmarks/results/window-paths-cpu.json)
+WINDOW_BACKENDS = (*DENSE_BACKENDS, "flex", "xformers")
+WINDOW_AUTO_ORDER = {"cpu": ("reference", "sdpa")}
 
 
 def attention_reference(

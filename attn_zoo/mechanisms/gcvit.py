@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.attention import dense_attention
+from attn_zoo.layers.attention import WINDOW_AUTO_ORDER, WINDOW_BACKENDS, dense_attention
 from attn_zoo.layers.mbconv import MbConvBlock
 from attn_zoo.layers.window import RelativePositionBias, pad_to_multiple, window_partition, window_reverse
 from attn_zoo.mechanisms.base import Mixer
@@ -151,9 +151,8 @@ class GCViTAttention(Mixer):
 
     paper = "GC-ViT (Hatamizadeh et al., ICML 2023), NVlabs/GCVit; timm gcvit"
     block_pattern = ({"global_query": False}, {"global_query": True})
-    backends = ("sdpa", "reference", "flex", "xformers")
-    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
-    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
+    backends = WINDOW_BACKENDS
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = WINDOW_AUTO_ORDER
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError
-from attn_zoo.layers.attention import dense_attention
+from attn_zoo.layers.attention import WINDOW_AUTO_ORDER, WINDOW_BACKENDS, dense_attention
 from attn_zoo.layers.window import pad_to_multiple, window_partition, window_reverse
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
@@ -51,9 +51,8 @@ class InteractiveWindowAttention(Mixer):
     """
 
     paper = "ScalableViT (Yang et al., ECCV 2022), Yangr116/ScalableViT"
-    backends = ("sdpa", "reference", "flex", "xformers")
-    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
-    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
+    backends = WINDOW_BACKENDS
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = WINDOW_AUTO_ORDER
 
     def __init__(
         self,

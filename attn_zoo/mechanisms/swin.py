@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError
-from attn_zoo.layers.attention import dense_attention
+from attn_zoo.layers.attention import WINDOW_AUTO_ORDER, WINDOW_BACKENDS, dense_attention
 from attn_zoo.layers.window import (
     RelativePositionBias,
     gather_rows,
@@ -50,9 +50,8 @@ class SwinAttention(Mixer):
 
     paper = "Swin Transformer (Liu et al., ICCV 2021), microsoft/Swin-Transformer"
     block_pattern = ({"shift": False}, {"shift": True})
-    backends = ("sdpa", "reference", "flex", "xformers")
-    # 49-token windows on CPU: two batched matmuls beat SDPA (benchmarks/results/window-paths-cpu.json)
-    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {"cpu": ("reference", "sdpa")}
+    backends = WINDOW_BACKENDS
+    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = WINDOW_AUTO_ORDER
 
     def __init__(
         self,

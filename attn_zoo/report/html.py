@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from attn_zoo.report.figures import Figure
-from attn_zoo.report.tables import summary_rows
+from attn_zoo.report.tables import CELL_COLUMNS, summary_rows
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1100px;
@@ -128,22 +128,7 @@ def render_html(
 
     parts.append('<h2 id="cells">Cells</h2>')
     if len(all_cells):
-        cols = [
-            c
-            for c in (
-                "label",
-                "variant",
-                "seed",
-                "status",
-                "params",
-                "macs",
-                "latency_median_ms",
-                "test_top1",
-                "val_top1",
-                "cell_wall_s",
-            )
-            if c in all_cells
-        ]
+        cols = [c for c in (*CELL_COLUMNS, "cell_wall_s") if c in all_cells]
         rows = [[_fmt(v) for v in row] for row in all_cells[cols].itertuples(index=False)]
         parts.append(
             f"<details><summary>{len(all_cells)} cells, one row per seed</summary>{_table(cols, rows, 4)}</details>"

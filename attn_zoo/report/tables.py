@@ -22,6 +22,8 @@ DEFAULT_COLUMNS = (
     ("test_top1", "top-1 (%)", 1, "{:.2f}"),
     ("val_top1", "val top-1 (%)", 1, "{:.2f}"),
 )
+# the short per-seed listing (attn-zoo results, the HTML page's cell table), before each's own last column
+CELL_COLUMNS = ("label", "variant", "seed", "status", "params", "macs", "latency_median_ms", "test_top1", "val_top1")
 # columns of Store.frame() that describe a cell rather than measure it
 IDENTITY_COLUMNS = (
     "cell_id",
