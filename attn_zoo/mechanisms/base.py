@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import MechanismInputError, UnknownNameError
+from attn_zoo.layers import neighborhood
 from attn_zoo.layers.backends import resolve_backend
 
 
@@ -123,3 +124,27 @@ class Mixer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend}"
+
+
+class NeighborhoodMixer(Mixer):
+    """A mixer whose attention is :func:`attn_zoo.layers.neighborhood.neighborhood_attention` (MSDA,
+    MSA-Conv): it has ``border`` and ``kernel`` knobs, a forced backend is checked against them (natten needs
+    ``border="inward"``), and ``"auto"`` is the kernel's own choice, asked of the kernel so the recorded name
+    cannot drift from what runs (natten on CUDA for "inward" with libnatten, else cpu_fast)."""
+
+    border: str
+    kernel: Any
+
+    @classmethod
+    def check_backend(cls, backend: str, knobs: Mapping[str, Any]) -> None:
+        neighborhood.check_mixer_backend(cls.name, backend, knobs.get("border", "zero"), knobs.get("kernel", 3))
+
+    def set_backend(self, backend: str) -> None:
+        self.check_backend(backend, {"border": self.border, "kernel": self.kernel})
+        super().set_backend(backend)
+
+    def pick_backend(self, x: torch.Tensor) -> str:
+        if self.backend != "auto":
+            return super().pick_backend(x)  # checks that the forced path runs on x's device
+        self.last_backend = neighborhood.choose_backend("auto", x, self.border, self.kernel)
+        return "auto"

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers import neighborhood
 from attn_zoo.layers.neighborhood import neighborhood_attention
-from attn_zoo.mechanisms.base import Mixer
+from attn_zoo.mechanisms.base import NeighborhoodMixer
 from attn_zoo.registry import register_mechanism
 
 # Head i is rolled in direction DIRECTIONS[i % 4] (row, column): down, right, up, left. Down and right come
@@ -34,7 +33,7 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 
 
 @register_mechanism("msa_conv")
-class MSAConv(Mixer):
+class MSAConv(NeighborhoodMixer):
     """MSA-Conv: self-attention over each position's convolution window, then the convolution's own weights.
 
     ``q, k, v = Linear(C, 3C)(x)`` (the official 1x1 conv), split into h heads of d = C/h channels. For every
@@ -150,21 +149,6 @@ class MSAConv(Mixer):
             raise KnobError(f"mechanism 'msa_conv': shift must be >= 0 pixels (0 = off), got {knobs['shift']}")
         if knobs.get("inter_pool", 1) < 1:
             raise KnobError(f"mechanism 'msa_conv': inter_pool must be >= 1 (1 = off), got {knobs['inter_pool']}")
-
-    @classmethod
-    def check_backend(cls, backend: str, knobs: Mapping[str, Any]) -> None:
-        neighborhood.check_mixer_backend("msa_conv", backend, knobs.get("border", "zero"), knobs.get("kernel", 3))
-
-    def set_backend(self, backend: str) -> None:
-        self.check_backend(backend, {"border": self.border, "kernel": self.kernel})
-        super().set_backend(backend)
-
-    def pick_backend(self, x: torch.Tensor) -> str:
-        if self.backend != "auto":
-            return super().pick_backend(x)  # checks that the forced path runs on x's device
-        # as MSDA: "auto" is the kernel's choice (natten on CUDA for "inward" with libnatten, else cpu_fast)
-        self.last_backend = neighborhood.choose_backend("auto", x, self.border, self.kernel)
-        return "auto"
 
     def attention_grid(self, height: int, width: int) -> tuple[int, int]:
         """The map the local attention runs on: ``(ceil(H/f), ceil(W/f))`` with inter-pooling, else ``(H, W)``."""

@@ -8,16 +8,14 @@ shared kernel :func:`attn_zoo.layers.neighborhood.neighborhood_attention`; this 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers import neighborhood
 from attn_zoo.layers.neighborhood import neighborhood_attention, neighborhood_attention_macs
-from attn_zoo.mechanisms.base import Mixer
+from attn_zoo.mechanisms.base import NeighborhoodMixer
 from attn_zoo.registry import register_mechanism
 
 # The kernel's own paths, made known to the backend registry so `attn-zoo list` and forced backends can check
@@ -25,7 +23,7 @@ from attn_zoo.registry import register_mechanism
 
 
 @register_mechanism("msda")
-class MultiScaleDilatedAttention(Mixer):
+class MultiScaleDilatedAttention(NeighborhoodMixer):
     """Multi-scale dilated attention: head groups attend to their k x k neighbours at dilations r_1..r_n.
 
     qkv = Linear(C, 3C) on channels-last tokens (the official 1x1 Conv2d(C, 3C) is the same map: its weight
@@ -93,22 +91,6 @@ class MultiScaleDilatedAttention(Mixer):
         dilations = tuple(knobs.get("dilations", (1,)))
         if not dilations or any(d < 1 for d in dilations):
             raise KnobError(f"mechanism 'msda': dilations must be a non-empty list of ints >= 1, got {dilations!r}")
-
-    @classmethod
-    def check_backend(cls, backend: str, knobs: Mapping[str, Any]) -> None:
-        neighborhood.check_mixer_backend("msda", backend, knobs.get("border", "zero"), knobs.get("kernel", 3))
-
-    def set_backend(self, backend: str) -> None:
-        self.check_backend(backend, {"border": self.border, "kernel": self.kernel})
-        super().set_backend(backend)
-
-    def pick_backend(self, x: torch.Tensor) -> str:
-        if self.backend != "auto":
-            return super().pick_backend(x)  # checks that the forced path runs on x's device
-        # "auto" is the kernel's own choice (natten on CUDA for "inward", else cpu_fast); ask the kernel so the
-        # recorded name cannot drift from what runs.
-        self.last_backend = neighborhood.choose_backend("auto", x, self.border, self.kernel)
-        return "auto"
 
     def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
         """``(B, H, W, C) -> (B, H, W, C)``; any H, W with border "zero"/"masked"."""
