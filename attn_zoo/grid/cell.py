@@ -89,6 +89,11 @@ def run_cell(
         backends = trained.backends or backends
         if trained.checkpoint:
             artifacts["checkpoint"] = trained.checkpoint
+        if trained.test_predictions is not None and artifact_dir is not None and main_rank:
+            from attn_zoo.train.pairing import PREDICTIONS_ARTIFACT, save_predictions
+
+            path = save_predictions(Path(artifact_dir) / f"{PREDICTIONS_ARTIFACT}.npz", *trained.test_predictions)
+            artifacts[PREDICTIONS_ARTIFACT] = str(path)
         if trained.status == "ok" and trained.model is not None and main_rank:
             after = measure_after_training(
                 trained.model,

@@ -15,6 +15,10 @@ Transforms are timm's: ``timm.data.create_transform`` for evaluation (resize + c
 jitter, RandAugment, random erasing as set in ``[data.aug]``); ``light`` is the usual small-image recipe
 (pad-4 random crop and horizontal flip), ``flip`` a horizontal flip only, ``none`` no augmentation.
 
+Paired runs: the training order, each image's augmentation and (in the recipe) each step's mixup draw come
+from generators seeded by the run seed alone (:mod:`attn_zoo.train.pairing`), so every mechanism at seed
+``s`` sees the same batches, after augmentation.
+
 Loaders are torch ``DataLoader``s over an :class:`EpochSampler`, whose order depends only on
 ``(seed, epoch)``: the same seed gives the same batches, and a resumed run continues mid-epoch exactly
 where it stopped. (timm's ``create_loader`` takes no sampler or generator, so it cannot give either.)
@@ -35,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from attn_zoo.errors import ConfigError, UnknownNameError
+from attn_zoo.train.pairing import seeded_rng, stream_seed
 from attn_zoo.train.sources import SOURCES, ArrayDataset, Source, register_source, targets_of
 
 __all__ = [
@@ -157,14 +162,29 @@ def balanced_subset(targets: Sequence[int], n: int, rng: np.random.Generator) ->
 class TransformSubset(Dataset):
     """Items ``indices`` of ``base`` with ``transform`` applied here (the base keeps ``transform = None``,
     so a training and a validation view of one split can carry different transforms). ``targets``: the
-    base's labels, all of them."""
+    base's labels, all of them.
 
-    def __init__(self, base: Dataset, indices: Sequence[int], transform: Callable | None, targets: Sequence[int]):
+    ``draw_seed`` (training views): each item's transform runs under its own seeded generators, keyed by
+    ``(draw_seed, epoch, base index)`` (:mod:`attn_zoo.train.pairing`), so the augmentation of an image
+    depends only on the run seed and the epoch (:meth:`set_epoch`), not on what else drew random numbers."""
+
+    def __init__(
+        self,
+        base: Dataset,
+        indices: Sequence[int],
+        transform: Callable | None,
+        targets: Sequence[int],
+        draw_seed: int | None = None,
+    ):
         self.base, self.indices, self.transform = base, np.asarray(indices, dtype=np.int64), transform
         self.base_targets = targets
         self.targets = [int(targets[i]) for i in self.indices]
+        self.draw_seed, self.epoch = draw_seed, 0
         if hasattr(base, "transform"):
             base.transform = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def with_transform(self, transform: Callable | None) -> TransformSubset:
         return TransformSubset(self.base, self.indices, transform, self.base_targets)
@@ -173,8 +193,12 @@ class TransformSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int):
-        img, label = self.base[int(self.indices[index])]
-        if self.transform is not None:
+        item = int(self.indices[index])
+        img, label = self.base[item]
+        if self.transform is not None and self.draw_seed is not None:
+            with seeded_rng(stream_seed(self.draw_seed, "augment", self.epoch, item)):
+                img = self.transform(img)
+        elif self.transform is not None:
             img = self.transform(img)
         return img, int(label)
 
@@ -313,7 +337,9 @@ def create_data(
     pool_targets = [train_targets[i] for i in train_pool]
     train_idx = train_pool[_subset(pool_targets, config.train_size, rng, f"{config.source} train")]
     test_idx = _subset(test_targets, config.test_size, np.random.default_rng([TEST_SUBSET_SEED, 2]), "test")
-    train_set = TransformSubset(train_base, train_idx, build_transform(config, info, img_size, True), train_targets)
+    train_set = TransformSubset(
+        train_base, train_idx, build_transform(config, info, img_size, True), train_targets, draw_seed=seed
+    )
     test_set = TransformSubset(test_base, test_idx, build_transform(config, info, img_size, False), test_targets)
     info = {
         **info,

@@ -13,7 +13,9 @@ Budget, one of:
   of about twice the forward), so ``steps = round(train_macs / (3 * forward_macs * batch_size))``.
 
 On CPU the run is deterministic: same seed, same thread count -> the same losses and accuracy, bit for bit
-(the data order depends only on the seed, see :mod:`attn_zoo.train.data`). On GPU, ``amp`` runs forward
+(the data order depends only on the seed, see :mod:`attn_zoo.train.data`). Each step's mixup / cutmix draw
+comes from a generator keyed by the run seed and the step (:mod:`attn_zoo.train.pairing`), the same for
+every mechanism. On GPU, ``amp`` runs forward
 and loss under bfloat16 autocast. A loss that stops being finite ends the run with :class:`Diverged`.
 Checkpoints (:mod:`attn_zoo.train.checkpoint`) hold everything needed to resume: an interrupted run that is
 resumed ends with the same numbers as one that was not (CPU, ``num_workers = 0``).
@@ -38,6 +40,7 @@ from torch.utils.data import DataLoader
 
 from attn_zoo.errors import ConfigError
 from attn_zoo.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from attn_zoo.train.pairing import seeded_rng, stream_seed
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
@@ -207,9 +210,11 @@ def evaluate(
     device: str | torch.device = "cpu",
     amp: bool = True,
     distributed: Distributed | None = None,
+    predictions: list[torch.Tensor] | None = None,
 ) -> dict:
     """Top-1 accuracy (%) and mean cross-entropy (no smoothing) over ``loader``; with ``distributed``, over
-    the union of every rank's ``loader`` (each rank passes its share)."""
+    the union of every rank's ``loader`` (each rank passes its share). ``predictions``: a list that receives
+    each batch's predicted classes (this rank's, in the loader's order)."""
     device = torch.device(device)
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
@@ -219,7 +224,10 @@ def evaluate(
             logits = model(images)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == labels).sum().item()
+        predicted = logits.argmax(dim=1)
+        correct += (predicted == labels).sum().item()
+        if predictions is not None:
+            predictions.append(predicted.cpu())
         total += labels.numel()
     if distributed is not None:
         correct, total, loss_sum = distributed.sum([correct, total, loss_sum])
@@ -341,15 +349,21 @@ def fit(
             },
         )
 
+    draw_seed = getattr(train_loader.dataset, "draw_seed", None)
     start = time.perf_counter()
     model.train()
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch, offset * config.batch_size)
+        if hasattr(train_loader.dataset, "set_epoch"):
+            train_loader.dataset.set_epoch(epoch)  # the epoch's augmentation draws (paired runs)
         for images, labels in train_loader:
             images, labels = images.to(device), labels.to(device)
-            if mixup is not None:
+            if mixup is not None and draw_seed is not None:
+                with seeded_rng(stream_seed(draw_seed, "mixup", step)):
+                    images, labels = mixup(images, labels)
+            elif mixup is not None:
                 images, labels = mixup(images, labels)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = criterion(net(images), labels)

@@ -22,11 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from attn_zoo.backbone.config import ModelConfig
 from attn_zoo.errors import AttnZooError
 from attn_zoo.train.data import Data, DataConfig, create_data
+from attn_zoo.train.pairing import share_init
 from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ class TrainResult:
     backends: list[str] = dataclasses.field(default_factory=list)  # attention paths the trained model took
     checkpoint: str | None = None  # where the final checkpoint is, when checkpoint_dir is set
     model: Any = None  # the trained model (for measurements after training, e.g. its ERF)
+    # per test example, in the test set's order: (predicted class, true class); None under DDP
+    test_predictions: tuple[Any, Any] | None = None
 
 
 def prepare_data(spec: Mapping[str, Any], img_size: int) -> Data:
@@ -95,6 +99,7 @@ def run_training(
     forward_macs = budget_metric(config, "macs")
     seed_everything(int(spec["seed"]))
     model = Backbone(config)
+    share_init(model, int(spec["seed"]))  # shared modules start alike across mechanisms (paired runs)
     checkpoint = None
     if train_cfg.checkpoint_dir:
         directory = Path(train_cfg.checkpoint_dir).expanduser()
@@ -123,7 +128,8 @@ def run_training(
         metrics["diverged_step"] = exc.step
         return TrainResult("diverged", metrics, [], str(exc))
     amp = train_cfg.amp
-    test = evaluate(model, share(data.eval_loader("test")), device, amp, distributed)
+    predicted: list[torch.Tensor] | None = [] if distributed is None else None
+    test = evaluate(model, share(data.eval_loader("test")), device, amp, distributed, predictions=predicted)
     metrics.update(test_top1=test["top1"], test_loss=test["loss"])
     if data.val_set is not None:
         val = evaluate(model, share(data.eval_loader("val")), device, amp, distributed)
@@ -144,4 +150,7 @@ def run_training(
             continue
         metrics.update({f"test_top1@{res}": out["top1"], f"test_loss@{res}": out["loss"]})
     backends = model.attention_backends()
-    return TrainResult("ok", metrics, notes, None, backends, str(checkpoint) if checkpoint else None, model)
+    pairs = (torch.cat(predicted).numpy(), np.asarray(data.test_set.targets)) if predicted else None
+    return TrainResult(
+        "ok", metrics, notes, None, backends, str(checkpoint) if checkpoint else None, model, test_predictions=pairs
+    )

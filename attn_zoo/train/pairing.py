@@ -1,0 +1,127 @@
+"""Common random numbers: for one run seed, every mechanism of a grid draws the same random numbers.
+
+A comparison between two mechanisms at seed ``s`` is *paired* when everything random except the mechanism is
+the same in both runs. The global generators cannot give that: building a model draws from them, and two
+mechanisms draw different amounts. So every random stream that is not the model's own gets its own seed,
+derived from ``(run seed, purpose, keys)`` by :func:`stream_seed`:
+
+- training order: :class:`~attn_zoo.train.data.EpochSampler`, keyed by ``(seed, epoch)``;
+- augmentation: each training image's transform runs under :func:`seeded_rng` keyed by
+  ``(seed, "augment", epoch, image index)``, so an image gets the same crop and flip in every mechanism;
+- mixup / cutmix: each step's draw (mix or cut, lambda, box) runs under ``(seed, "mixup", step)``;
+  the pairs are timm's (the batch against its reverse), hence the same too;
+- evaluation: the test subset is fixed (one seed for every run) and read in order;
+- initial weights: :func:`share_init` re-draws every parameter outside the mixers (stem, downsampling,
+  norms, MLPs, position convolutions, head) from ``(seed, "init", module name, parameter shapes)`` with the
+  module's own initialiser, so a module of the same name and shape starts from the same weights in every
+  mechanism. The mixers' own parameters, and modules whose shapes differ (the budget matcher may size
+  mechanisms differently), cannot be shared.
+
+:func:`seeded_rng` seeds Python's, NumPy's and torch's (CPU) global generators inside the block and restores
+them after it, so the draws above neither depend on nor disturb what the model draws (dropout, drop path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "PREDICTIONS_ARTIFACT",
+    "load_predictions",
+    "save_predictions",
+    "seeded_rng",
+    "share_init",
+    "shared_modules",
+    "stream_seed",
+]
+
+
+def stream_seed(seed: int, purpose: str, *keys: Any) -> int:
+    """A 63-bit seed for the stream ``purpose`` of run ``seed`` (e.g. ``stream_seed(0, "augment", 2, 17)``)."""
+    text = ":".join(str(k) for k in ("attn_zoo", purpose, seed, *keys))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Inside the block, Python's, NumPy's and torch's CPU generators start from ``seed``; after it, they are
+    back where they were."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _init_module(module: nn.Module) -> None:
+    from attn_zoo.backbone.harness import _init_weights
+
+    module.reset_parameters()
+    _init_weights(module)
+
+
+def shared_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` for every module outside the mixers and their per-stage contexts that holds
+    parameters of its own and has ``reset_parameters`` (what :func:`share_init` re-draws)."""
+    from attn_zoo.mechanisms.base import Mixer
+
+    skip: list[str] = []
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, Mixer) or name.endswith(".contexts") or name == "contexts":
+            skip.append(name + ".")
+            continue
+        if any(name.startswith(prefix) for prefix in skip):
+            continue
+        if next(module.parameters(recurse=False), None) is None or not hasattr(module, "reset_parameters"):
+            continue
+        out.append((name, module))
+    return out
+
+
+@torch.no_grad()
+def share_init(model: nn.Module, seed: int) -> list[str]:
+    """Re-draw the parameters of :func:`shared_modules` from ``(seed, "init", name, shapes)``, each with its
+    module's own initialiser (``reset_parameters``, then the harness's ViT init: truncated normal, std 0.02,
+    for linear layers; ones and zeros for layer norms). Returns the names of the modules re-drawn."""
+    names = []
+    for name, module in shared_modules(model):
+        shapes = ",".join("x".join(map(str, p.shape)) for p in module.parameters(recurse=False))
+        with seeded_rng(stream_seed(seed, "init", name, shapes)):
+            _init_module(module)
+        names.append(name)
+    return names
+
+
+PREDICTIONS_ARTIFACT = "test_predictions"  # the artifact name under which a cell stores them
+
+
+def save_predictions(path: str | Path, predicted: np.ndarray, target: np.ndarray) -> Path:
+    """Write one cell's per-example test predictions compactly: ``pred`` and ``target`` (uint8 for up to 256
+    classes, else int16), in the test set's order, which is the same for every cell of a suite."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    top = int(max(predicted.max(initial=0), target.max(initial=0)))
+    dtype = np.uint8 if top < 256 else np.int16
+    np.savez_compressed(path, pred=predicted.astype(dtype), target=target.astype(dtype))
+    return path
+
+
+def load_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(pred, target)`` as written by :func:`save_predictions`."""
+    with np.load(path) as data:
+        return data["pred"].astype(np.int64), data["target"].astype(np.int64)
