@@ -88,7 +88,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = ("suite", "model", "data", "train", "budget", "measure", "grid", "mechanisms", "overrides")
+SECTIONS = ("suite", "model", "data", "train", "budget", "measure", "grid", "mechanisms", "overrides", "report")
 CONFIG_SECTIONS = ("model", "data", "train", "budget", "measure")
 SUITE_KEYS = ("name", "description", "mode", "include", "executor", "plugins")
 GRID_TARGETS = ("model", "data", "train", "budget", "measure", "knobs")
