@@ -22,6 +22,19 @@ def add_parser(sub) -> None:
     p.add_argument("--html", action="store_true", help="also write one self-contained HTML page (report.html)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--json", action="store_true", help="print the written files as JSON")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="mechanism the paired differences are taken to (default: the suite's "
+        "[report] baseline, else the first mechanism)",
+    )
+    p.add_argument(
+        "--seeds-for",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="estimate from the store's seed spread how many paired seeds a difference of POINTS needs",
+    )
     p.set_defaults(func=run)
 
 
@@ -35,12 +48,16 @@ def run(args: argparse.Namespace) -> int:
         store = Store(path, readonly=True)
     frame = store.frame()
     out = Path(args.out) if args.out else path.with_suffix("")
-    figures = make_figures(frame, out, path.parent)
+    from attn_zoo.report.paired_report import paired_section, suite_baseline
+
+    baseline = args.baseline or suite_baseline(store)
+    paired = paired_section(frame, path.parent, baseline, args.seeds_for)  # checks --baseline first
+    figures = make_figures(frame, out, path.parent, baseline=baseline)
     page = None
     if args.html:
         from attn_zoo.report.html import write_html_report
 
-        page = write_html_report(store, out / "report.html", figures)
+        page = write_html_report(store, out / "report.html", figures, baseline=baseline)
     if args.json:
         print_json({"store": str(path), "plots": [str(f.path) for f in figures], "html": str(page) if page else None})
         return 0
@@ -52,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         headers, rows = summary_rows(frame, columns)
         print(f"\n{accuracy_metric(frame)} at evaluation resolutions (models unchanged):")
         print(table(headers, rows, markdown=args.markdown))
+    if paired:
+        print("\n" + paired.text(markdown=args.markdown))
     for fig in figures:
         print(f"plot: {fig.path}")
     if page:

@@ -1,6 +1,9 @@
 """Which figures a store's rows support, made in one call: what ``attn-zoo run`` and ``report`` draw.
 
-- accuracy vs MACs, vs latency and vs parameters (Pareto fronts), when cells were trained;
+- at one matched budget: a forest plot of accuracy and of the paired difference to the baseline;
+- accuracy vs budget, one curve per mechanism, when the grid sweeps ``budget.target``;
+- accuracy vs MACs and vs parameters (Pareto fronts), only when the budgets really differ (the achieved
+  budgets spread beyond the matcher's tolerance), and vs latency from cells whose timing converged;
 - latency, memory and MACs vs resolution (log-log, fitted slopes), when the grid varies the resolution;
 - ablation heatmaps, for each mechanism whose cells vary two knobs (or factors);
 - bars with 95% confidence intervals for accuracy and latency;
@@ -18,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from attn_zoo.report.erf import artifact_columns, erf_plot, load_maps
+from attn_zoo.report.paired import PairedTable, paired_tables
+from attn_zoo.report.paired_plots import budget_curves, forest_plot
 from attn_zoo.report.plots import (
     bar_plot,
     heatmap_plot,
@@ -45,8 +50,11 @@ def _has(frame: pd.DataFrame, column: str) -> bool:
     return column in frame and frame[column].notna().any()
 
 
-def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path | None = None) -> list[Figure]:
-    """Draw every figure the ``ok`` rows of ``frame`` support into ``out_dir``; returns them in order."""
+def make_figures(
+    frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path | None = None, baseline: str | None = None
+) -> list[Figure]:
+    """Draw every figure the ``ok`` rows of ``frame`` support into ``out_dir``; returns them in order.
+    ``baseline``: the mechanism the paired differences are taken to (default: the first)."""
     out_dir = Path(out_dir)
     figures: list[Figure] = []
     if not len(frame):
@@ -55,18 +63,41 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
     accuracy = accuracy_metric(frame)  # test_top1, or val_top1 in stores without a test split
     seeds = "Points are configurations: mean over seeds, error bars the 95% confidence interval over seeds."
 
+    paired = paired_tables(frame, baseline, store_dir=store_dir) if _has(frame, accuracy) else []
+    equal_budget = bool(paired) and all(t.equal_budget for t in paired)
+    figures += _paired_figures(paired, out_dir)
+    if _has(frame, accuracy) and _has(frame, "budget_target") and frame["budget_target"].nunique() > 1:
+        path = budget_curves(frame, accuracy, out_dir / f"{accuracy}_vs_budget.png")
+        figures.append(
+            Figure(
+                path,
+                "Accuracy vs budget",
+                "One line per mechanism over the budget targets of the sweep: mean over seeds, band the 95% "
+                "confidence interval over seeds.",
+            )
+        )
+
     if _has(frame, accuracy) and configs > 1:
-        for x, name in (("macs", "macs"), (LATENCY, "latency"), ("params", "params")):
-            if _has(frame, x):
-                path = pareto_plot(frame, x, accuracy, out_dir / f"accuracy_vs_{name}.png")
-                figures.append(
-                    Figure(
-                        path,
-                        f"Accuracy vs {metric_title(x)}",
-                        f"Top-1 accuracy against {metric_title(x)}; the dashed staircase is the Pareto front "
-                        f"(configurations no other beats on both axes, ringed). {seeds}",
-                    )
+        # at one matched budget the cost axes only show the matcher's tolerance: no Pareto front there
+        costs = [] if equal_budget else [("macs", "macs"), ("params", "params")]
+        for x, name in (*costs[:1], (LATENCY, "latency"), *costs[1:]):
+            if not _has(frame, x):
+                continue
+            rows, note = frame, ""
+            if x == LATENCY and "latency_fwd_converged" in frame:
+                rows = frame[frame["latency_fwd_converged"] == 1]
+                note = f" Only cells whose latency converged to its CI target ({len(rows)} of {len(frame)})."
+            if group_key(rows).nunique() < 2:
+                continue
+            path = pareto_plot(rows, x, accuracy, out_dir / f"accuracy_vs_{name}.png")
+            figures.append(
+                Figure(
+                    path,
+                    f"Accuracy vs {metric_title(x)}",
+                    f"Top-1 accuracy against {metric_title(x)}; the dashed staircase is the Pareto front "
+                    f"(configurations no other beats on both axes, ringed). {seeds}{note}",
                 )
+            )
 
     if _has(frame, "img_size") and frame["img_size"].nunique() > 1:
         memory = [c for c in ("peak_mem_fwd_mb", "peak_mem_train_mb") if c in frame]
@@ -138,6 +169,27 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, store_dir: str | Path
                 )
             )
     return figures
+
+
+def _paired_figures(tables: list[PairedTable], out_dir: Path) -> list[Figure]:
+    out = []
+    for t in tables:
+        if len(t.rows) < 2 or t.seeds < 2:
+            continue
+        name = f"forest_{t.metric}" + (f"_{_slug(t.variant)}" if t.variant else "") + ".png"
+        path = forest_plot(t, out_dir / name)
+        out.append(
+            Figure(
+                path,
+                "Paired comparison" + (f" ({t.variant})" if t.variant else "") + f", {t.budget}",
+                f"Left: {metric_title(t.metric)}, mean and 95% CI over {t.seeds} seeds, mechanisms ranked by "
+                "the mean (letters: groups that cannot be told apart, Holm-corrected paired t-tests). Right: "
+                f"the per-seed difference to {t.baseline}, mean with its 95% paired-t interval (thick) and "
+                "bootstrap interval (thin); the shaded band is ±the smallest difference these seeds detect "
+                "with 80% power.",
+            )
+        )
+    return out
 
 
 def _cap(text: str) -> str:

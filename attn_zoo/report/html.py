@@ -77,8 +77,9 @@ def render_html(
     figures: Sequence[Figure],
     runs: Sequence[Mapping[str, Any]],
     suite_toml: str,
+    paired_html: str = "",
 ) -> str:
-    """The page as a string (see :func:`write_html_report`)."""
+    """The page as a string (see :func:`write_html_report`); ``paired_html``: the paired comparison."""
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     total = sum(counts.values())
     badges = "".join(
@@ -107,6 +108,8 @@ def render_html(
         )
     else:
         parts.append("<p>No cell has finished yet.</p>")
+    if paired_html:
+        parts.append('<h2 id="paired">Paired differences</h2>' + paired_html)
 
     parts.append('<h2 id="figures">Figures</h2>')
     if not figures:
@@ -163,11 +166,15 @@ def _when(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def write_html_report(store, out_path: str | Path, figures: Sequence[Figure]) -> Path:
-    """Write the report page of ``store`` (a :class:`~attn_zoo.grid.store.Store`) to ``out_path``."""
+def write_html_report(store, out_path: str | Path, figures: Sequence[Figure], baseline: str | None = None) -> Path:
+    """Write the report page of ``store`` (a :class:`~attn_zoo.grid.store.Store`) to ``out_path``;
+    ``baseline``: the mechanism paired differences are taken to (default: the suite's, else the first)."""
+    from attn_zoo.report.paired_report import paired_section, suite_baseline
+
     out_path = Path(out_path)
     runs = store.runs()
     last = runs[-1] if runs else {}
+    paired = paired_section(store.frame(), store.path.parent, baseline or suite_baseline(store))
     page = render_html(
         suite=last.get("suite") or store.path.stem,
         description=_description(last.get("suite_toml") or ""),
@@ -178,6 +185,7 @@ def write_html_report(store, out_path: str | Path, figures: Sequence[Figure]) ->
         figures=figures,
         runs=runs,
         suite_toml=last.get("suite_toml") or "",
+        paired_html=paired.html(_table) if paired else "",
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(page, encoding="utf-8")
