@@ -108,7 +108,14 @@ def test_shared_modules_start_alike_mixers_do_not():
     share_init(b, 7)
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     shared = {n for n, _ in shared_modules(a)}
-    assert {"stem.proj", "head", "norm", "stages.0.blocks.0.mlp.fc1", "stages.1.downsample.conv", "stages.0.peg.proj"} <= shared
+    assert {
+        "stem.proj",
+        "head",
+        "norm",
+        "stages.0.blocks.0.mlp.fc1",
+        "stages.1.downsample.conv",
+        "stages.0.peg.proj",
+    } <= shared
     assert not any(".mixer" in name for name in shared)
     names = [n for n in pa if n in pb and ".mixer." not in n and pa[n].shape == pb[n].shape]
     assert len(names) > 20

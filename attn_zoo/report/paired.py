@@ -152,7 +152,7 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, flo
     return only_a, only_b, float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def testset_bootstrap(
+def bootstrap_test_set(
     correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = TEST_RESAMPLES, seed: int = 0, alpha: float = ALPHA
 ) -> tuple[float, float, float]:
     """Mean over seeds of the accuracy difference a - b (percentage points) and its percentile interval from
@@ -366,7 +366,7 @@ def _table(variant, metric, base, labels, values, group, store_dir) -> PairedTab
             if seeds:
                 a = np.stack([correct[label][s] for s in seeds])
                 b = np.stack([correct[base][s] for s in seeds])
-                row.testset = testset_bootstrap(a, b)
+                row.testset = bootstrap_test_set(a, b)
                 row.mcnemar = (sum(mcnemar(a[i], b[i])[2] < ALPHA for i in range(len(seeds))), len(seeds))
         rows.append(row)
     tested = [tests[label] for label in others if tests[label].n >= 2 and math.isfinite(tests[label].sd)]
