@@ -167,3 +167,27 @@ def test_report_rejects_an_unknown_baseline(store_path, capsys):
     assert main(["report", str(store_path), "--baseline", "nope"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["attn-zoo: error: baseline 'nope' is not a mechanism of this store; allowed: global, swin, ssa"]
+
+
+def sweep_runner(cell, artifact_dir):
+    label, seed, target = cell.spec["label"], cell.spec["seed"], cell.spec["budget"]["target"]
+    acc = ACC[label][seed] + 2.0 * math.log2(target / 5e6)
+    metrics = {"test_top1": acc, "budget_target": target, "budget_tolerance": 0.02}
+    metrics["budget_achieved"] = metrics["macs"] = target * (1 + 0.001 * seed)
+    return {"status": "ok", "metrics": metrics}
+
+
+def test_budget_sweep_draws_curves_a_forest_per_budget_and_the_pareto_front(tmp_path, capsys):
+    suite = write_suite(
+        tmp_path, name="sweep", seeds=3, mechanisms=("global", "swin", "ssa"), extra='"budget.target" = [5e6, 2e7]'
+    )
+    path = tmp_path / "out" / "sweep.sqlite"
+    run_suite(load_suite(suite), path, executor=InlineExecutor(sweep_runner), progress=False)
+    out = tmp_path / "figs"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Paired differences in test_top1 (target=5e+06):" in text
+    assert "Paired differences in test_top1 (target=2e+07):" in text
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert "test_top1_vs_budget.png" in names and "accuracy_vs_macs.png" in names  # budgets really differ
+    assert {"forest_test_top1_target_5e_06.png", "forest_test_top1_target_2e_07.png"} <= set(names)

@@ -64,7 +64,8 @@ def make_figures(
     seeds = "Points are configurations: mean over seeds, error bars the 95% confidence interval over seeds."
 
     paired = paired_tables(frame, baseline, store_dir=store_dir) if _has(frame, accuracy) else []
-    equal_budget = bool(paired) and all(t.equal_budget for t in paired)
+    one_target = not _has(frame, "budget_target") or frame["budget_target"].nunique() == 1
+    equal_budget = bool(paired) and one_target and all(t.equal_budget for t in paired)
     figures += _paired_figures(paired, out_dir)
     if _has(frame, accuracy) and _has(frame, "budget_target") and frame["budget_target"].nunique() > 1:
         path = budget_curves(frame, accuracy, out_dir / f"{accuracy}_vs_budget.png")
