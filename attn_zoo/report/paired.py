@@ -444,10 +444,14 @@ def table_rows(table: PairedTable) -> tuple[list[str], list[list[str]]]:
 def summary_text(table: PairedTable) -> str:
     """What the table resolves, in a few plain sentences."""
     resolved = table.resolved()
+    seeds = f"{table.seeds} seed" + ("" if table.seeds == 1 else "s")
     lines = [
-        f"Paired by seed ({table.seeds} seeds per mechanism), differences in percentage points to "
-        f"{table.baseline}; {table.budget}.",
+        f"Paired by seed ({seeds} per mechanism), differences in percentage points to {table.baseline}; "
+        f"{table.budget}.",
     ]
+    if table.seeds < 2:
+        lines.append("With one seed nothing can be tested yet.")
+        return " ".join(lines)
     if resolved:
         lines.append(
             "Resolved (Holm-corrected paired t, p < 0.05): " + ", ".join(f"{a} > {b}" for a, b in resolved) + "."

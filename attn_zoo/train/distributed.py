@@ -138,7 +138,8 @@ class Distributed:
             raise ConfigError(f"{what} differs between the ranks ({low:g} to {high:g}); is --out on a shared disk?")
 
     def decorrelate(self, step: int) -> None:
-        """Rank r > 0 draws its own augmentation, dropout and mixup randomness (rank 0 keeps its stream)."""
+        """Rank r > 0 draws its own dropout and drop-path randomness (rank 0 keeps its stream); augmentation and
+        mixup draws come from streams keyed by the run seed, image and step (:mod:`attn_zoo.train.pairing`)."""
         if not self.active or self.is_main:
             return
         from attn_zoo.train.recipe import seed_everything
