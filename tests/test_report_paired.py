@@ -191,3 +191,21 @@ def test_budget_sweep_draws_curves_a_forest_per_budget_and_the_pareto_front(tmp_
     names = sorted(p.name for p in out.glob("*.png"))
     assert "test_top1_vs_budget.png" in names and "accuracy_vs_macs.png" in names  # budgets really differ
     assert {"forest_test_top1_target_5e_06.png", "forest_test_top1_target_2e_07.png"} <= set(names)
+
+
+def test_accuracy_vs_latency_uses_only_converged_timings(tmp_path):
+    from attn_zoo.report.figures import make_figures
+
+    def timed_runner(cell, artifact_dir):
+        label, seed = cell.spec["label"], cell.spec["seed"]
+        metrics = {"test_top1": ACC[label][seed], "latency_median_ms": 1.0 + seed + (label == "swin")}
+        metrics["latency_fwd_converged"] = float(seed < 2)
+        return {"status": "ok", "metrics": metrics}
+
+    suite = write_suite(tmp_path, name="timed", seeds=3, mechanisms=("global", "swin"))
+    path = tmp_path / "out" / "timed.sqlite"
+    run_suite(load_suite(suite), path, executor=InlineExecutor(timed_runner), progress=False)
+    figures = make_figures(Store(path, readonly=True).frame(), tmp_path / "figs", path.parent)
+    (latency,) = [f for f in figures if f.path.name == "accuracy_vs_latency.png"]
+    assert "Only cells whose latency converged to its CI target (4 of 6)." in latency.caption
+    assert not any(f.path.name == "accuracy_vs_macs.png" for f in figures)  # one budget
