@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import NullLocator
 
 from attn_zoo.report.paired import PairedTable
 from attn_zoo.report.stats import mean_ci
@@ -77,6 +78,9 @@ def budget_curves(frame: pd.DataFrame, metric: str, path: str | Path, x: str = "
             ax.plot(xs, ms, marker=markers[label], color=colors[label], label=label)
             ax.fill_between(xs, ms - cis, ms + cis, color=colors[label], alpha=0.15, lw=0)
         ax.set_xscale("log")
+        ticks = sorted(float(t) * sx for t in frame[x].dropna().unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel(f"budget target: {xlabel}")
         ax.set_ylabel(metric_axis(metric)[0])
         ax.legend(fontsize=7, frameon=False, ncol=2)
