@@ -803,14 +803,14 @@ def load_or_generate(
             return found
     if root is None:
         return _generate(n, resolution, difficulty, seed, SPLITS[split])
-    path = Path(root) / f"{key}.npz"
+    from attn_zoo.paths import atomic_output, writable
+
+    path = writable(Path(root) / f"{key}.npz")  # refused before any work when it lies outside the allowed places
     if path.exists():
         found = _load_verified(path, key, warn=True)
         if found is not None:
             return found
     images, labels = _generate(n, resolution, difficulty, seed, SPLITS[split])
-    from attn_zoo.paths import atomic_output
-
     # atomic, after the one write check: a concurrent reader sees the old file or the new one
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=images, labels=labels, sha256=np.array(_digest(images, labels, key)))
