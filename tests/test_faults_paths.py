@@ -4,8 +4,11 @@ writer passes the one check of :mod:`attn_zoo.paths` and writes atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +221,51 @@ def test_a_full_disk_leaves_no_truncated_figure_and_says_so_in_one_line(tmp_path
     target.parent.write_text("a file where the directory goes")
     with pytest.raises(OutputError, match="it is an existing file, not a directory"):
         _figure(target)
+
+
+def _fake_store(tmp_path: Path) -> Path:
+    from _grid_fakes import fake_runner, write_suite
+
+    from attn_zoo.grid import load_suite, run_suite
+
+    store = tmp_path / "out" / "fake.sqlite"
+    run_suite(load_suite(write_suite(tmp_path, seeds=2)), store, runner=fake_runner, progress=False)
+    return store
+
+
+def test_report_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    from matplotlib.figure import Figure
+
+    store = _fake_store(tmp_path)
+
+    def fill(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", fill)
+    figs = tmp_path / "figs"
+    assert main(["report", str(store), "--out", str(figs), "--html"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"attn-zoo: error: cannot write '{figs}/") and err.endswith(": No space left on device\n")
+    assert err.count("\n") == 1 and list(figs.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
+def test_report_on_a_really_full_filesystem(tmp_path, capsys):
+    store = _fake_store(tmp_path)
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        with contextlib.suppress(OSError), open(mnt / "filler", "wb") as f:  # fill it, then leave a few bytes
+            while True:
+                f.write(b"x" * 1024)
+                f.flush()
+        (mnt / "filler").write_bytes((mnt / "filler").read_bytes()[:-2048])
+        assert main(["report", str(store), "--out", str(mnt / "r")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.endswith(": No space left on device\n"), err
+        assert [p.name for p in mnt.rglob("*") if p.is_file()] == ["filler"]  # no truncated PNG, no temporary file
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
