@@ -220,20 +220,37 @@ def test_fuzzed_mechanism_lists_in_the_file_or_through_set_are_one_line(mechanis
         assert text is not None and "[grid.mechanism]" in text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NUMBER_KEYS = [
+    ("train", "steps"),
+    ("train", "epochs"),
+    ("train", "batch_size"),
+    ("train", "lr"),
+    ("train", "warmup_fraction"),
+    ("model", "img_size"),
+    ("model", "mlp_ratio"),
+    ("data", "train_size"),
+    ("budget", "target"),
+    ("measure", "repeats"),
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.sampled_from(["steps", "epochs", "batch_size", "lr", "warmup_fraction"]),
+    st.sampled_from(NUMBER_KEYS),
     st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True, allow_infinity=True)),
 )
-def test_fuzzed_training_numbers_are_refused_in_one_line_or_accepted_within_a_year(key, value):
-    """Any number in [train]: one line, or a suite whose step count fits in a year (issue 21)."""
+def test_fuzzed_numbers_are_refused_in_one_line_or_accepted_within_a_year(where, value):
+    """Any number in [train], [model], [data], [budget], [measure]: one line, or a suite whose step count fits
+    in a year (issue 21)."""
     from attn_zoo.grid.checks import MIN_STEP_S, YEAR_S
 
+    section, key = where
     doc = copy.deepcopy(BASE)
-    doc["train"] = {k: v for k, v in doc["train"].items() if key != "epochs" or k != "steps"}
-    doc["train"][key] = value
+    if key == "epochs":
+        doc["train"].pop("steps")
+    doc[section][key] = value
     text = _load_one_line(doc)
     if text is None and key == "steps":
         assert 1 <= value <= YEAR_S / MIN_STEP_S
-    if isinstance(value, float) and (key in ("steps", "batch_size") or not math.isfinite(value)):
-        assert text is not None  # a float where an integer goes, NaN or infinity: refused
+    if isinstance(value, float) and not math.isfinite(value):
+        assert text is not None  # NaN or infinity: refused

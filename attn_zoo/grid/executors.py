@@ -203,6 +203,9 @@ class LocalExecutor:
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, PYTHONUNBUFFERED="1", **{PROGRESS_ENV: str(tmp / "progress.json")}),
                 preexec_fn=_worker_setup(self.memory_limit_mb),
+                # its own session: Ctrl-C or a SIGTERM to the runner's process group reaches the runner, which
+                # stops its workers and hands their cells back, rather than racing them to a "failed" result
+                start_new_session=True,
             )
         token = next(self._tokens)
         self._running[token] = {"proc": proc, "tmp": tmp, "start": time.monotonic(), "noted": False}
