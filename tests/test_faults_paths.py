@@ -164,6 +164,13 @@ def _csv(path: Path) -> None:
         tmp.write_text("a,b\n1,2\n")
 
 
+def _ray_artifacts(path: Path) -> None:
+    from attn_zoo.grid.ray_executor import unpack_artifacts
+
+    result = unpack_artifacts({"status": "ok"}, {"erf": (path.name, b"map")}, path.parent)
+    assert result["artifacts"] == {"erf": str(path.resolve())}
+
+
 WRITERS = {
     "figure": (_figure, "f.png"),
     "html": (_html, "report.html"),
@@ -172,6 +179,7 @@ WRITERS = {
     "examples_png": (_examples_png, "ex.png"),
     "csv": (_csv, "rows.csv"),
     "erf_map": (_erf_map, "erf.npy"),
+    "cell_artifacts_from_ray": (_ray_artifacts, "erf.npy"),
 }
 
 
