@@ -23,7 +23,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run a suite file (resumes where a previous run stopped)")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
     p.add_argument(
-        "--out", default="results", help="results directory (default: results/); nothing is written outside it"
+        "--out",
+        default="results",
+        help="results directory (default: results/); a run writes only here and in the cache directory (--cache-dir)",
     )
     p.add_argument(
         "--retry-failed", action="store_true", help="re-run cells that failed, diverged, ran out of memory or timed out"
@@ -150,16 +152,16 @@ def _run(args: argparse.Namespace) -> int:
         options["address"] = args.address
     out = Path(args.out)
     store_path = store_path_for(out, suite.name)
-    allow_writes(out, cache_dir())  # the one place a run writes, and the cache; every writer checks against these
-    make_dir(out)
-    writable(store_path)
-    executor = create_executor(
+    executor = create_executor(  # checked before anything is written
         args.executor,
         timeout_s=args.timeout,
         memory_limit_mb=args.memory_limit_mb,
         work_root=work_root_for(store_path),
         **options,
     )
+    allow_writes(out, cache_dir())  # the one place a run writes, and the cache; every writer checks against these
+    make_dir(out)
+    writable(store_path)
     if args.fresh and store_path.exists():
         stamp = int(time.time())
         for suffix in ("", "-wal", "-shm"):
