@@ -29,3 +29,13 @@ def cifar10_jpeg() -> Path:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one thread: tiny models train faster so, and far faster on a busy machine (no OpenMP
+    spin-waits). Opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
