@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from attn_zoo.backbone.config import parse_knob_value
+from attn_zoo.cli._args import number
 from attn_zoo.cli.run_cmd import parse_overrides
 from attn_zoo.testing import CHECKS, check_mechanism
 
@@ -20,8 +21,12 @@ def add_parser(sub) -> None:
         help="a knob value (TOML syntax), e.g. --knob window=4; repeatable",
     )
     p.add_argument("--only", action="append", choices=CHECKS, default=None, help="run only this check; repeatable")
-    p.add_argument("--dim", type=int, default=24, help="channels of the standalone checks (default 24)")
-    p.add_argument("--heads", type=int, default=3, help="heads of the standalone checks (default 3)")
+    p.add_argument(
+        "--dim", type=number(1, integer=True), default=24, help="channels of the standalone checks (default 24)"
+    )
+    p.add_argument(
+        "--heads", type=number(1, integer=True), default=3, help="heads of the standalone checks (default 3)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ import argparse
 
 from attn_zoo.backbone.config import MixerSpec
 from attn_zoo.backbone.presets import create_model, get_preset
+from attn_zoo.cli._args import number
 from attn_zoo.cli._format import print_json
 from attn_zoo.errors import ConfigError
 from attn_zoo.measure.counting import count_model
@@ -16,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("preset", help="preset name (see `attn-zoo list`)")
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the preset's)")
     p.add_argument("--mechanism", default=None, help="swap the preset's mixer for this mechanism")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=number(1, integer=True), default=None)
     p.add_argument("--backend", default=None, metavar="NAME", help="force one attention path (see `attn-zoo list`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

@@ -47,11 +47,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"attn-zoo: note: aggregates not refreshed ({exc})", file=sys.stderr)
         store = Store(path, readonly=True)
     frame = store.frame()
+    from attn_zoo.paths import allow_writes, make_dir
+
     out = Path(args.out) if args.out else path.with_suffix("")
     from attn_zoo.report.paired_report import paired_section, suite_baseline
 
     baseline = args.baseline or suite_baseline(store)
     paired = paired_section(frame, path.parent, baseline, args.seeds_for)  # checks --baseline first
+    allow_writes(out)  # the report writes only here
+    make_dir(out)
     figures = make_figures(frame, out, path.parent, baseline=baseline)
     page = None
     if args.html:

@@ -113,11 +113,13 @@ PREDICTIONS_ARTIFACT = "test_predictions"  # the artifact name under which a cel
 def save_predictions(path: str | Path, predicted: np.ndarray, target: np.ndarray) -> Path:
     """Write one cell's per-example test predictions compactly: ``pred`` and ``target`` (uint8 for up to 256
     classes, else int16), in the test set's order, which is the same for every cell of a suite."""
+    from attn_zoo.paths import atomic_output
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     top = int(max(predicted.max(initial=0), target.max(initial=0)))
     dtype = np.uint8 if top < 256 else np.int16
-    np.savez_compressed(path, pred=predicted.astype(dtype), target=target.astype(dtype))
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, pred=predicted.astype(dtype), target=target.astype(dtype))
     return path
 
 
