@@ -37,8 +37,9 @@ def test_tiny_suite_writes_store_rows_and_plot(tiny_run):
     cells = store.cells()
     assert all(c["environment"]["torch"] and c["environment"]["threads"] == 1 for c in cells)
     assert all(c["backends"] for c in cells)
-    png = out / "tiny" / "accuracy_vs_macs.png"
+    png = out / "tiny" / "bars_test_top1.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "tiny" / "accuracy_vs_params.png").exists()  # one matched budget: no Pareto front
 
 
 def test_rerun_skips_finished_cells(tiny_run, capsys):
@@ -58,7 +59,8 @@ def test_results_and_report_commands(tiny_run, capsys, tmp_path):
     assert (tmp_path / "rows.csv").read_text().count("\n") == 3
     assert main(["report", str(out / "tiny.sqlite"), "--markdown", "--out", str(tmp_path / "plots")]) == 0
     text = capsys.readouterr().out
-    assert "| global" in text and (tmp_path / "plots" / "accuracy_vs_macs.png").is_file()
+    assert "| global" in text and (tmp_path / "plots" / "bars_test_top1.png").is_file()
+    assert "Paired differences in test_top1:" in text
 
 
 def test_suite_cells_are_keyed_by_resolved_config(tmp_path):
