@@ -209,3 +209,12 @@ def test_accuracy_vs_latency_uses_only_converged_timings(tmp_path):
     (latency,) = [f for f in figures if f.path.name == "accuracy_vs_latency.png"]
     assert "Only cells whose latency converged to its CI target (4 of 6)." in latency.caption
     assert not any(f.path.name == "accuracy_vs_macs.png" for f in figures)  # one budget
+
+
+def test_only_seeds_every_mechanism_finished_count(store_path):
+    frame = Store(store_path, readonly=True).frame()
+    partial = frame[~((frame["label"] == "ssa") & (frame["seed"] == 4))]  # ssa's seed 4 missing
+    (table,) = paired_tables(partial, "swin", store_dir=store_path.parent)
+    rows = {r.label: r for r in table.rows}
+    assert table.seeds == 4 and all(r.n == 4 for r in table.rows)
+    assert rows["swin"].mean == pytest.approx(np.mean(ACC["swin"][:4]))

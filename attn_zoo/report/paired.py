@@ -314,8 +314,9 @@ def paired_tables(
     metric: str | None = None,
     store_dir: str | Path | None = None,
 ) -> list[PairedTable]:
-    """One :class:`PairedTable` per variant of the grid (``frame``: a store's ``ok`` rows). ``baseline``:
-    a mechanism label (default: the first label in the store's order)."""
+    """One :class:`PairedTable` per variant of the grid (``frame``: a store's ``ok`` rows), over the seeds
+    that every mechanism of the variant has finished. ``baseline``: a mechanism label (default: the first
+    label in the store's order)."""
     if not len(frame):
         return []
     metric = metric or _accuracy(frame)
@@ -330,6 +331,11 @@ def paired_tables(
         labels = [label for label in labels_all if label in values]
         if len(labels) < 2:
             continue
+        # only seeds every mechanism has finished: means, differences and ranks then rest on the same runs
+        common = sorted(set.intersection(*(set(values[label].index) for label in labels)))
+        if common:
+            values = {label: values[label].loc[common] for label in labels}
+            group = group[group["seed"].isin(common)]
         base = baseline if baseline in values else labels[0]
         tables.append(_table(variant, metric, base, labels, values, group, store_dir))
     return tables
