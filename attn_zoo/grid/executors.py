@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.cell import failure_result, is_oom_message
 from attn_zoo.grid.suite import Cell
+from attn_zoo.measure.machine import worker_prefix
 
 Result = dict[str, Any]
 
@@ -144,7 +145,9 @@ class LocalExecutor:
 
     A crash, out-of-memory, NaN or hang fails that cell only. ``timeout_s`` stops a cell that runs too long;
     ``memory_limit_mb`` caps each worker's memory (Linux). ``command`` replaces the worker command line
-    (it gets ``SPEC.json RESULT.json ARTIFACT_DIR`` appended).
+    (it gets ``SPEC.json RESULT.json ARTIFACT_DIR`` appended). ``machine_lock`` is the directory of the lock
+    that keeps timing alone on this machine (:mod:`attn_zoo.measure.machine`); the runner sets it to the
+    results directory when it is None.
     """
 
     name = "local"
@@ -155,6 +158,7 @@ class LocalExecutor:
         timeout_s: float | None = None,
         memory_limit_mb: int | None = None,
         command: Sequence[str] | None = None,
+        machine_lock: str | Path | None = None,
         **_: Any,
     ):
         if not isinstance(jobs, int) or jobs < 1:
@@ -165,6 +169,7 @@ class LocalExecutor:
         self.timeout_s = timeout_s
         self.memory_limit_mb = memory_limit_mb
         self.command = list(command) if command else [sys.executable, "-m", "attn_zoo.grid.cell"]
+        self.machine_lock = machine_lock
         self._running: dict[int, dict[str, Any]] = {}
         self._tokens = itertools.count()
 
@@ -175,7 +180,7 @@ class LocalExecutor:
         # output to a file, not a pipe: a chatty worker never blocks
         with open(tmp / "worker.log", "wb") as log:
             proc = subprocess.Popen(
-                [*self.command, str(spec_path), str(result_path), str(artifact_dir)],
+                [*worker_prefix(self.machine_lock), *self.command, str(spec_path), str(result_path), str(artifact_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -265,10 +270,11 @@ def run_cell_in_worker(
     memory_limit_mb: int | None = None,
     artifact_dir: Path | None = None,
     command: Sequence[str] | None = None,
+    machine_lock: str | Path | None = None,
 ) -> Result:
     """Run one cell in a fresh Python process and wait for it; never raises for what happens inside.
-    ``command`` replaces the worker command line, as for :class:`LocalExecutor`."""
-    executor = LocalExecutor(1, timeout_s, memory_limit_mb, command)
+    ``command`` and ``machine_lock`` as for :class:`LocalExecutor`."""
+    executor = LocalExecutor(1, timeout_s, memory_limit_mb, command, machine_lock)
     try:
         executor.submit(cell, artifact_dir or Path(tempfile.gettempdir()) / "attn_zoo_artifacts")
         while True:

@@ -1,0 +1,136 @@
+"""Timing owns the machine: no latency, throughput or memory figure is taken while another cell of the run
+computes on the same machine.
+
+Two lock files serialise measurement against everything else: ``LOCK`` (``.attn_zoo-machine.lock``) and its
+turnstile (``.attn_zoo-machine.turn``), in the results directory for the local executor and in the node's
+temporary directory for the Ray executor (one per node and user: a shared results directory may be on a
+network file system, where one lock would serialise different machines).
+
+- A cell's worker process holds ``LOCK`` *shared* for its whole life, taken before Python imports anything
+  heavy: the worker command is prefixed by a few lines of stdlib Python (:func:`worker_prefix`) that take the
+  lock and then ``exec`` the real worker, which inherits it.
+- Measuring takes ``LOCK`` *exclusive* (:func:`measuring`): the worker drops its shared hold, waits on the
+  turnstile, waits until no other worker holds ``LOCK``, times, then goes back to shared.
+- The turnstile gives a waiting measurement priority: a worker that wants its shared hold (at start or after
+  measuring) passes the turnstile first, so new cells cannot starve a measurement that waits.
+
+A worker's own flock is released by the kernel when its process ends, however it ends (kill -9 included), so
+a dead cell never blocks the machine. Without the environment variable (the inline executor, ``attn-zoo
+bench``, the Python API) :func:`measuring` does nothing. See docs/measurement.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+LOCK_NAME = ".attn_zoo-machine.lock"
+TURN_NAME = ".attn_zoo-machine.turn"
+ENV = "ATTN_ZOO_MACHINE_LOCK"  # "FD:TURNSTILE_PATH" in a worker that holds LOCK shared on FD
+
+# run as `python -c HOLD LOCK TURN CMD...`: take LOCK shared through the turnstile, then exec CMD with it held
+HOLD = """
+import fcntl, os, sys
+lock, turn, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+t = os.open(turn, os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(t, fcntl.LOCK_EX)
+fcntl.flock(fd, fcntl.LOCK_SH)
+fcntl.flock(t, fcntl.LOCK_UN)
+os.close(t)
+os.set_inheritable(fd, True)
+os.environ["ATTN_ZOO_MACHINE_LOCK"] = f"{fd}:{turn}"
+os.execvp(cmd[0], cmd)
+"""
+
+
+def lock_dir_for_node() -> Path:
+    """Where a Ray node's cells share their lock: this node's temporary directory."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"attn_zoo-machine-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
+def worker_prefix(lock_dir: str | Path | None) -> list[str]:
+    """The command prefix that makes a worker hold the machine lock of ``lock_dir`` shared (``[]``: none)."""
+    if lock_dir is None or not sys.platform.startswith(("linux", "darwin")):
+        return []
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return [sys.executable, "-c", HOLD, str(lock_dir / LOCK_NAME), str(lock_dir / TURN_NAME)]
+
+
+@contextlib.contextmanager
+def measuring() -> Iterator[dict[str, float]]:
+    """Hold the machine alone while the block runs (a no-op outside a locked worker).
+
+    Yields a dict that gets ``machine_wait_s`` (seconds waited for the other cells' work to end), and
+    ``cpu_load_before_1m`` / ``cpu_load_after_1m`` (the 1-minute load average at the start and the end of
+    the block) once the block ends."""
+    info: dict[str, float] = {}
+    held = _held()
+    start = time.perf_counter()
+    if held is not None:
+        import fcntl
+
+        fd, turn_path = held
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        turn = os.open(turn_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(turn, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(turn)
+            raise
+    info["machine_wait_s"] = time.perf_counter() - start
+    load = _load()
+    if load is not None:
+        info["cpu_load_before_1m"] = load
+    try:
+        yield info
+    finally:
+        load = _load()
+        if load is not None:
+            info["cpu_load_after_1m"] = load
+        if held is not None:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(turn, fcntl.LOCK_UN)
+            os.close(turn)
+
+
+def locked_worker() -> bool:
+    """Whether this process is a worker that holds the machine lock (measurements here own the machine)."""
+    return _held() is not None
+
+
+_HELD: dict[int, tuple[int, str] | None] = {}
+
+
+def _held() -> tuple[int, str] | None:
+    """The lock this process holds; read once and taken out of the environment, so that processes this
+    worker starts (a memory probe) do not take its descriptor number for theirs."""
+    pid = os.getpid()
+    if pid not in _HELD:
+        fd, _, turn = os.environ.pop(ENV, "").partition(":")
+        _HELD[pid] = (int(fd), turn) if fd.isdigit() and turn else None
+    return _HELD[pid]
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not on Windows
+        return None
+
+
+def wrap(command: Sequence[str], lock_dir: str | Path | None) -> list[str]:
+    return [*worker_prefix(lock_dir), *command]
+
+
+_held()  # read the inherited lock at import, before this process starts any of its own
