@@ -481,11 +481,13 @@ class Store:
             metrics: dict[str, dict[str, Any]] = {}
             for cid, name, value in db.execute("SELECT cell_id, name, value FROM metrics"):
                 metrics.setdefault(cid, {})[name] = value
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             artifacts: dict[str, dict[str, str]] = {}
-            for cid, name, value in db.execute("SELECT cell_id, name, path FROM artifacts"):
-                artifacts.setdefault(cid, {})[name] = value
+            if "artifacts" in tables:  # a schema-1 store of the first weeks may lack it
+                for cid, name, value in db.execute("SELECT cell_id, name, path FROM artifacts"):
+                    artifacts.setdefault(cid, {})[name] = value
             samples: dict[str, dict[str, Any]] = {}
-            if self.version >= 2:
+            if "samples" in tables:
                 for cid, name, data in db.execute("SELECT cell_id, name, data FROM samples"):
                     samples.setdefault(cid, {})[name] = data
         out = []
@@ -740,8 +742,12 @@ def _is_number(value: Any) -> bool:
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
-    """Read without writing: ``mode=ro``; on read-only media (no -shm file can be made), ``immutable=1``."""
+    """Read without writing: ``mode=ro``. A WAL store at rest (no ``-wal`` file beside it: no runner holds it
+    open, every change is in the main file) is opened ``immutable=1``, so that reading creates no ``-wal`` and
+    ``-shm`` files beside it; so is any store on read-only media (no -shm file can be made)."""
     uri = path.resolve().as_uri()
+    if _wal_header(path) and not Path(f"{path}-wal").exists():
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
     db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
     try:
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -749,6 +755,16 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError:
         db.close()
         return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+
+def _wal_header(path: Path) -> bool:
+    """Whether the file's SQLite header says WAL mode (bytes 18 and 19 are 2)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and head.startswith(b"SQLite format 3\x00") and head[18] == head[19] == 2
 
 
 # -- who holds a cell --------------------------------------------------------------------------------------
