@@ -11,8 +11,10 @@ network file system, where one lock would serialise different machines).
   lock and then ``exec`` the real worker, which inherits it.
 - Measuring takes ``LOCK`` *exclusive* (:func:`measuring`): the worker drops its shared hold, waits on the
   turnstile, waits until no other worker holds ``LOCK``, times, then goes back to shared.
-- The turnstile gives a waiting measurement priority: a worker that wants its shared hold (at start or after
-  measuring) passes the turnstile first, so new cells cannot starve a measurement that waits.
+- The turnstile gives a waiting measurement priority: a measurement holds it while it waits for ``LOCK``, and
+  a starting worker passes it (takes and drops it) before it asks for its shared hold, so new cells cannot
+  starve a measurement that waits. Nobody waits for ``LOCK`` while holding the turnstile except the one
+  measurement, and a measurement goes back to shared by a downgrade, so there is no cycle.
 
 A worker's own flock is released by the kernel when its process ends, however it ends (kill -9 included), so
 a dead cell never blocks the machine. Without the environment variable (the inline executor, ``attn-zoo
@@ -32,16 +34,16 @@ LOCK_NAME = ".attn_zoo-machine.lock"
 TURN_NAME = ".attn_zoo-machine.turn"
 ENV = "ATTN_ZOO_MACHINE_LOCK"  # "FD:TURNSTILE_PATH" in a worker that holds LOCK shared on FD
 
-# run as `python -c HOLD LOCK TURN CMD...`: take LOCK shared through the turnstile, then exec CMD with it held
+# run as `python -c HOLD LOCK TURN CMD...`: pass the turnstile, take LOCK shared, then exec CMD with it held
 HOLD = """
 import fcntl, os, sys
 lock, turn, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
 fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
 t = os.open(turn, os.O_RDWR | os.O_CREAT, 0o644)
 fcntl.flock(t, fcntl.LOCK_EX)
-fcntl.flock(fd, fcntl.LOCK_SH)
 fcntl.flock(t, fcntl.LOCK_UN)
 os.close(t)
+fcntl.flock(fd, fcntl.LOCK_SH)
 os.set_inheritable(fd, True)
 os.environ["ATTN_ZOO_MACHINE_LOCK"] = f"{fd}:{turn}"
 os.execvp(cmd[0], cmd)
@@ -98,10 +100,8 @@ def measuring() -> Iterator[dict[str, float]]:
         if load is not None:
             info["cpu_load_after_1m"] = load
         if held is not None:
-            fcntl.flock(turn, fcntl.LOCK_EX)
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            fcntl.flock(turn, fcntl.LOCK_UN)
             os.close(turn)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # back to computing (a downgrade: never waits on a measurement)
 
 
 def locked_worker() -> bool:
