@@ -6,6 +6,7 @@ durations."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -100,16 +101,24 @@ def test_no_worker_starts_while_one_measures(tmp_path):
     ]
 
 
-def test_measuring_outside_a_grid_worker_does_not_wait():
+def test_measuring_outside_a_grid_worker_does_not_wait(tmp_path):
     with machine.measuring() as info:
         pass
     assert not machine.locked_worker() and "machine_wait_s" in info and "cpu_load_after_1m" in info
+    # a process that inherited the variable but not the descriptor (a torchrun rank) holds no lock
+    other = (tmp_path / "x").open("w")
+    try:
+        assert machine._parse(f"{other.fileno()}:1:2:{tmp_path / 'turn'}") is None
+        st = os.fstat(other.fileno())
+        assert machine._parse(f"{other.fileno()}:{st.st_dev}:{st.st_ino}:/t:u") == (other.fileno(), "/t:u")
+    finally:
+        other.close()
 
 
 # a worker command that reports whether it holds the machine lock shared on the descriptor it was given
 LOCKED_WORKER = r"""
 import fcntl, json, os, sys
-fd, _, turn = os.environ.get("ATTN_ZOO_MACHINE_LOCK", "").partition(":")
+fd = os.environ.get("ATTN_ZOO_MACHINE_LOCK", "").split(":")[0]
 held = 0.0
 if fd.isdigit():
     try:  # our shared hold on this descriptor converts to shared again without blocking

@@ -32,7 +32,7 @@ from pathlib import Path
 
 LOCK_NAME = ".attn_zoo-machine.lock"
 TURN_NAME = ".attn_zoo-machine.turn"
-ENV = "ATTN_ZOO_MACHINE_LOCK"  # "FD:TURNSTILE_PATH" in a worker that holds LOCK shared on FD
+ENV = "ATTN_ZOO_MACHINE_LOCK"  # "FD:DEV:INODE:TURNSTILE_PATH" in a worker that holds LOCK shared on FD
 
 # run as `python -c HOLD LOCK TURN CMD...`: pass the turnstile, take LOCK shared, then exec CMD with it held
 HOLD = """
@@ -45,7 +45,8 @@ fcntl.flock(t, fcntl.LOCK_UN)
 os.close(t)
 fcntl.flock(fd, fcntl.LOCK_SH)
 os.set_inheritable(fd, True)
-os.environ["ATTN_ZOO_MACHINE_LOCK"] = f"{fd}:{turn}"
+st = os.fstat(fd)
+os.environ["ATTN_ZOO_MACHINE_LOCK"] = f"{fd}:{st.st_dev}:{st.st_ino}:{turn}"
 os.execvp(cmd[0], cmd)
 """
 
@@ -117,9 +118,22 @@ def _held() -> tuple[int, str] | None:
     worker starts (a memory probe) do not take its descriptor number for theirs."""
     pid = os.getpid()
     if pid not in _HELD:
-        fd, _, turn = os.environ.pop(ENV, "").partition(":")
-        _HELD[pid] = (int(fd), turn) if fd.isdigit() and turn else None
+        _HELD[pid] = _parse(os.environ.pop(ENV, ""))
     return _HELD[pid]
+
+
+def _parse(value: str) -> tuple[int, str] | None:
+    """The descriptor and turnstile of ``ENV``, if the descriptor is still the lock file (a process that
+    inherited the variable but not the descriptor, e.g. a torchrun rank, is no locked worker)."""
+    parts = value.split(":", 3)
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]) or not parts[3]:
+        return None
+    fd, dev, ino, turn = int(parts[0]), int(parts[1]), int(parts[2]), parts[3]
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (fd, turn) if (st.st_dev, st.st_ino) == (dev, ino) else None
 
 
 def _load() -> float | None:
