@@ -87,3 +87,25 @@ def test_stored_timed_calls_reach_the_table_and_the_html_page(tmp_path):
     assert by_label["swin"].endswith(NOT_CONVERGED) and not by_label["global"].endswith(NOT_CONVERGED)
     page = write_html_report(store, tmp_path / "report.html", []).read_text()
     assert NOT_CONVERGED_NOTE.split(":")[0] in page and NOT_CONVERGED in page
+
+
+def test_the_latency_bars_mark_an_unconverged_timing(tmp_path, monkeypatch):
+    from attn_zoo.report import plots
+
+    drawn = {}
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        drawn["labels"] = [t.get_text() for t in ax.get_yticklabels()]
+        drawn["hatches"] = [p.get_hatch() for p in ax.patches]
+        drawn["title"] = " ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
+
+    monkeypatch.setattr(plots, "save", keep)
+    frame = pd.concat(
+        [_rows([[1.0, 2.0, 3.0]], [0.0]), _rows([[4.0, 5.0, 6.0]], [1.0]).assign(config_id="d", label="global")]
+    )
+    plots.bar_plot(frame, "latency_median_ms", tmp_path / "bars.png")
+    marked = {label.split()[0]: label.endswith(NOT_CONVERGED) for label in drawn["labels"]}
+    assert marked == {"swin": True, "global": False}
+    assert sorted(h or "" for h in drawn["hatches"]) == ["", "////"]
+    assert "pooled over seeds" in drawn["title"]

@@ -27,7 +27,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_NAME = ".attn_zoo-machine.lock"
@@ -141,10 +141,6 @@ def _load() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):  # pragma: no cover - not on Windows
         return None
-
-
-def wrap(command: Sequence[str], lock_dir: str | Path | None) -> list[str]:
-    return [*worker_prefix(lock_dir), *command]
 
 
 _held()  # read the inherited lock at import, before this process starts any of its own

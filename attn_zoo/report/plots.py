@@ -81,6 +81,10 @@ def pareto_plot(frame: pd.DataFrame, x: str, y: str, path: str | Path, title: st
                 zorder=3,
             )
 
+        for axis_metric in (x, y):  # a latency whose timing did not converge is marked at its point
+            flags = agg[f"{axis_metric}_converged"].to_numpy() if f"{axis_metric}_converged" in agg else []
+            for i in np.flatnonzero(np.asarray(flags) == 0):
+                ax.annotate(NOT_CONVERGED, (xs[i], ys[i]), xytext=(-9, 3), textcoords="offset points", fontsize=9)
         if len(xs) and xs.min() > 0 and xs.max() / xs.min() > 20:
             ax.set_xscale("log")
 
