@@ -139,3 +139,27 @@ def test_the_runner_gives_local_workers_the_results_directorys_lock(tmp_path):
     assert (store.parent / machine.LOCK_NAME).exists()
     (row,) = Store(store).cells()
     assert row["metrics"]["held"] == 1.0, json.dumps(row)
+
+
+# a worker that waits "for the machine" longer than the time limit, noting it as measuring() does
+WAITING_WORKER = r"""
+import json, os, sys, time
+path = os.environ["ATTN_ZOO_MACHINE_WAIT"] if sys.argv[1] == "note" else os.devnull
+with open(path, "w") as f:
+    f.write(f"0.0 {time.monotonic()}")
+time.sleep(5.0)
+with open(path, "w") as f:
+    f.write("5.0 -1")
+json.dump({"status": "ok", "metrics": {}}, open(sys.argv[3], "w"))
+"""
+
+
+def test_waiting_for_the_machine_does_not_count_against_the_time_limit(tmp_path):
+    from attn_zoo.grid.executors import run_cell_in_worker
+
+    cell = load_suite(write_suite(tmp_path, seeds=1, mechanisms=("global",))).cells[0]
+    outcomes = {}
+    for mode in ("note", "silent"):
+        command = [sys.executable, "-c", WAITING_WORKER, mode]
+        outcomes[mode] = run_cell_in_worker(cell, timeout_s=3.0, artifact_dir=tmp_path / mode, command=command)
+    assert outcomes["note"]["status"] == "ok" and outcomes["silent"]["status"] == "timeout"

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.cell import failure_result, is_oom_message
 from attn_zoo.grid.suite import Cell
-from attn_zoo.measure.machine import worker_prefix
+from attn_zoo.measure.machine import WAIT_ENV, waited_s, worker_prefix
 
 Result = dict[str, Any]
 
@@ -184,7 +184,7 @@ class LocalExecutor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=dict(os.environ, PYTHONUNBUFFERED="1", **{WAIT_ENV: str(tmp / "machine_wait")}),
                 preexec_fn=_worker_setup(self.memory_limit_mb),
             )
         token = next(self._tokens)
@@ -197,7 +197,9 @@ class LocalExecutor:
             done = []
             for token, job in list(self._running.items()):
                 proc = job["proc"]
-                timed_out = self.timeout_s is not None and time.monotonic() - job["start"] > self.timeout_s
+                # waiting for the machine (another cell's work, see attn_zoo.measure.machine) is not the cell's time
+                ran = time.monotonic() - job["start"] - waited_s(job["tmp"] / "machine_wait")
+                timed_out = self.timeout_s is not None and ran > self.timeout_s
                 if proc.poll() is None and timed_out:
                     proc.kill()
                     proc.wait()

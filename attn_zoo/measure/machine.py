@@ -81,6 +81,7 @@ def measuring() -> Iterator[dict[str, float]]:
         import fcntl
 
         fd, turn_path = held
+        _note_wait(waiting_since=time.monotonic())
         fcntl.flock(fd, fcntl.LOCK_UN)
         turn = os.open(turn_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -90,6 +91,8 @@ def measuring() -> Iterator[dict[str, float]]:
         except BaseException:
             os.close(turn)
             raise
+        finally:
+            _note_wait(waited=time.perf_counter() - start)
     info["machine_wait_s"] = time.perf_counter() - start
     load = _load()
     if load is not None:
@@ -103,6 +106,36 @@ def measuring() -> Iterator[dict[str, float]]:
         if held is not None:
             os.close(turn)
             fcntl.flock(fd, fcntl.LOCK_SH)  # back to computing (a downgrade: never waits on a measurement)
+
+
+# The executor's time limit of a cell does not count the time it waits for the machine: a worker notes its
+# waiting in the file named by WAIT_ENV (``ACCUMULATED_S WAITING_SINCE``, a monotonic time or -1).
+WAIT_ENV = "ATTN_ZOO_MACHINE_WAIT"
+_WAITED = {"total": 0.0}
+
+
+def _note_wait(waiting_since: float = -1.0, waited: float | None = None) -> None:
+    path = os.environ.get(WAIT_ENV)
+    if waited is not None:
+        _WAITED["total"] += waited
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{_WAITED['total']} {waiting_since}")
+        os.replace(tmp, path)
+    except OSError:  # the time limit then counts the wait; the measurement itself is unaffected
+        pass
+
+
+def waited_s(path: str | Path) -> float:
+    """Seconds a worker has waited for the machine so far, from its wait file (0 when there is none)."""
+    try:
+        total, since = (float(v) for v in Path(path).read_text().split())
+    except (OSError, ValueError):
+        return 0.0
+    return total + (time.monotonic() - since if since >= 0 else 0.0)
 
 
 def locked_worker() -> bool:
