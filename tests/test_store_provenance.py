@@ -10,7 +10,6 @@ import textwrap
 import pytest
 from _grid_fakes import fake_runner, write_suite
 
-import attn_zoo
 from attn_zoo.cli import main
 from attn_zoo.grid import Store, load_suite, provenance, run_suite
 from attn_zoo.registry import isolated_registry, load_plugin_file
@@ -93,23 +92,25 @@ def test_a_harness_change_reruns_every_cell(tmp_path, monkeypatch, capsys):
 
 def test_fingerprints_hash_contents_not_paths(tmp_path, monkeypatch):
     """Another checkout of the same files (another directory, fresh mtimes) gives the same fingerprint."""
-    before = provenance.harness_fingerprint()
-    copy = tmp_path / "elsewhere" / "attn_zoo"
-    shutil.copytree(provenance.PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    provenance.harness_fingerprint.cache_clear()
-    monkeypatch.setattr(provenance, "PACKAGE_ROOT", copy)
-    try:
-        assert provenance.harness_fingerprint() == before
-        (copy / "train" / "recipe.py").write_text((copy / "train" / "recipe.py").read_text() + "\n# edited\n")
-        provenance.harness_fingerprint.cache_clear()
-        assert provenance.harness_fingerprint() != before
-    finally:
-        provenance.harness_fingerprint.cache_clear()
     msda = provenance.cell_code({"mechanism": "msda"})
     swin = provenance.cell_code({"mechanism": "swin"})
     assert set(msda["mechanisms"]) == {"msda"} and set(swin["mechanisms"]) == {"swin"}
     assert provenance.cell_code({"mechanism": "swin"}) == swin  # deterministic
-    assert attn_zoo.__file__  # the package the fingerprints describe
+    before = provenance.harness_fingerprint()
+    original = provenance.PACKAGE_ROOT
+    copy = tmp_path / "elsewhere" / "attn_zoo"
+    shutil.copytree(original, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        monkeypatch.setattr(provenance, "PACKAGE_ROOT", copy)
+        provenance.harness_fingerprint.cache_clear()
+        assert provenance.harness_fingerprint() == before
+        (copy / "train" / "recipe.py").write_text((copy / "train" / "recipe.py").read_text() + "\n# edited\n")
+        provenance.harness_fingerprint.cache_clear()
+        assert provenance.harness_fingerprint() != before
+    finally:  # leave the cache holding this checkout's fingerprint, not the copy's
+        monkeypatch.setattr(provenance, "PACKAGE_ROOT", original)
+        provenance.harness_fingerprint.cache_clear()
+    assert provenance.harness_fingerprint() == before
 
 
 def test_a_store_mixing_code_versions_says_so_and_never_aggregates_across(tmp_path, monkeypatch, capsys):
