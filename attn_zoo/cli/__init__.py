@@ -15,7 +15,7 @@ import sys
 from attn_zoo.errors import AttnZooError, ConfigError
 from attn_zoo.registry import PLUGINS_ENV
 
-COMMANDS = ("list", "count", "run", "results", "report", "compare", "bench", "new", "check")
+COMMANDS = ("list", "count", "run", "results", "report", "compare", "bench", "new", "check", "verify")
 # commands that build mechanisms also take `--plugin FILE` after their name (`attn-zoo --plugin FILE CMD` works for all)
 PLUGIN_COMMANDS = ("list", "count", "run", "bench", "check")
 _PLUGIN_HELP = "a .py file registering mechanisms (@register_mechanism); repeatable; workers of `run` load it too"
