@@ -23,9 +23,9 @@ import torch
 
 from attn_zoo.backbone.config import ModelConfig
 from attn_zoo.backbone.harness import Backbone
+from attn_zoo.budget import Budget, match_budget
 from attn_zoo.measure.environment import environment
 from attn_zoo.measure.profile import measure_after_training, measure_model
-from attn_zoo.train.budget import Budget, match_budget
 from attn_zoo.train.recipe import Diverged
 from attn_zoo.train.run import data_row, prepare_data, run_training
 

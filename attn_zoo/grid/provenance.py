@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import attn_zoo
+from attn_zoo.report.tables import HARNESS  # the name changed_parts gives the harness
 
 PACKAGE_ROOT = Path(attn_zoo.__file__).resolve().parent
 #: what the harness fingerprint covers, relative to the package (directories: every .py file under them)
@@ -34,12 +35,12 @@ HARNESS_PARTS = (
     "backbone",
     "layers",
     "train",
+    "budget.py",
     "measure",
     "mechanisms/base.py",
     "grid/cell.py",
     "registry.py",
 )
-HARNESS = "the harness"  # the name changed_parts gives the harness
 UNRECORDED = "unrecorded (stored before code fingerprints)"
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import isolated_registry
+from attn_zoo.testing import checks as checks  # the built-in checks, registered on the kit (the framework)
 from attn_zoo.testing.kit import CheckResult, Report, check_mechanism, check_names
 
 CHECKS: tuple[str, ...] = check_names()

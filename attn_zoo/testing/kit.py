@@ -238,8 +238,6 @@ def check_mechanism(
     checks (the harness check uses a tiny ``zoo_s32``: dims 24-48-96-192, heads 3-6-12-24, 32x32 input).
     ``checks`` picks a subset of :data:`CHECKS`. Never raises for what the mechanism does; see the report.
     """
-    from attn_zoo.testing import checks as _  # noqa: F401 - registers the checks
-
     if dim < 1 or num_heads < 1 or dim % num_heads:
         raise ConfigError(f"attn_zoo.testing: channels ({dim}) must be divisible by num_heads ({num_heads}), both > 0")
     selected = list(checks) if checks is not None else list(_CHECKS)
@@ -261,6 +259,4 @@ def check_mechanism(
 
 
 def check_names() -> tuple[str, ...]:
-    from attn_zoo.testing import checks as _  # noqa: F401
-
     return tuple(_CHECKS)
