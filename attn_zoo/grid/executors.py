@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from attn_zoo.errors import ConfigError
-from attn_zoo.grid.cell import failure_result, is_oom_message
+from attn_zoo.grid.cell import failure_result
 from attn_zoo.grid.suite import Cell
 from attn_zoo.measure.machine import WAIT_ENV, waited_s, worker_prefix
+from attn_zoo.measure.profile import is_oom_message
+from attn_zoo.names import Registry
 
 Result = dict[str, Any]
 
@@ -47,26 +49,21 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-_EXECUTORS: dict[str, Callable[..., Executor]] = {}
+_EXECUTORS: Registry[Callable[..., Executor]] = Registry(
+    "executor", missing=lambda name, allowed: ConfigError(f"executor {name!r} unknown; allowed: {', '.join(allowed)}")
+)
 
 
 def register_executor(name: str) -> Callable[[Callable[..., Executor]], Callable[..., Executor]]:
     """Register a factory ``(**options) -> Executor`` under ``name`` (``attn-zoo run --executor NAME``)."""
-
-    def wrap(factory: Callable[..., Executor]) -> Callable[..., Executor]:
-        _EXECUTORS[name] = factory
-        return factory
-
-    return wrap
+    return _EXECUTORS.register(name)
 
 
 def executor_names() -> list[str]:
-    return sorted(_EXECUTORS)
+    return list(_EXECUTORS)
 
 
 def create_executor(name: str, **options: Any) -> Executor:
-    if name not in _EXECUTORS:
-        raise ConfigError(f"executor {name!r} unknown; allowed: {', '.join(executor_names())}")
     return _EXECUTORS[name](**options)
 
 

@@ -155,12 +155,24 @@ def validate_measure(spec: Mapping[str, Any]) -> None:
         raise bad("target_ci", "must be in [0, 1) (0.02 = +-2% of the median)")
 
 
+# What torch raises without an OOM type: its CPU allocator fails with a plain RuntimeError ("DefaultCPUAllocator:
+# can't allocate memory: you tried to allocate N bytes", torch 2.15), and an asynchronous CUDA error with an
+# AcceleratorError ("CUDA error: out of memory"). A dead worker leaves only its log's text ("MemoryError").
+OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """An allocation failure: CUDA's, the CPU allocator's, or Python's MemoryError."""
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or any(
-        m in text for m in ("out of memory", "can't allocate memory", "cannot allocate memory")
-    )
+    """An allocation failure: ``torch.OutOfMemoryError`` (CUDA and other accelerators), Python's
+    ``MemoryError``, or a ``RuntimeError`` whose text is one of :data:`OOM_TEXTS` (the CPU allocator's)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_TEXTS)
+
+
+def is_oom_message(text: str) -> bool:
+    """Whether the error text of a process that died without a result is an allocation failure."""
+    low = text.lower()
+    return "memoryerror" in low or any(m in low for m in OOM_TEXTS)
 
 
 def _check_device(device: torch.device) -> None:
@@ -372,8 +384,8 @@ def max_batch_throughput(
         trial = dataclasses.replace(options, batch=batch)
         try:
             peak = call_peak_mb(model, "fwd", trial, device, calls=1)
-        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-            if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and not is_oom(exc):
+        except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(exc):
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
