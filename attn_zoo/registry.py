@@ -24,10 +24,12 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
-from attn_zoo.mechanisms.base import Mixer
+
+if TYPE_CHECKING:  # imported where used: the CLI reads this module without loading torch
+    from attn_zoo.mechanisms.base import Mixer
 
 ENTRY_POINT_GROUP = "attn_zoo.mechanisms"
 _RESERVED = ("self", "dim", "num_heads", "feat_size")
@@ -147,6 +149,8 @@ def register_mechanism(
     """
 
     def wrap(cls: type[Mixer]) -> type[Mixer]:
+        from attn_zoo.mechanisms.base import Mixer
+
         if not (isinstance(cls, type) and issubclass(cls, Mixer)):
             raise TypeError(f"@register_mechanism needs a Mixer subclass, got {cls!r}")
         builtin = cls.__module__.startswith(_BUILTIN_PACKAGE + ".")
@@ -240,6 +244,8 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint, before: Mapping[str, Me
             f"the name {ep.name!r} is taken by the built-in mechanism {old.__module__}.{old.__qualname__}; "
             f"rename the entry point (and the mechanism) in the plugin's pyproject.toml"
         )
+    from attn_zoo.mechanisms.base import Mixer
+
     obj = ep.load()
     if isinstance(obj, types.ModuleType):
         added = sorted(set(_REGISTRY) - set(before))
@@ -295,6 +301,8 @@ def _module_from_file(resolved: Path) -> types.ModuleType | None:
 
 def _reregister(module: types.ModuleType, resolved: Path) -> list[str]:
     """Names of the mechanisms ``module`` defines, registering again any that a reset registry dropped."""
+    from attn_zoo.mechanisms.base import Mixer
+
     names = []
     for obj in vars(module).values():
         if isinstance(obj, type) and issubclass(obj, Mixer) and obj.__module__ == module.__name__ and obj.name:

@@ -29,3 +29,16 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return str(value)
+
+
+def parse_knobs(items: Sequence[str]) -> dict[str, Any]:
+    """``--knob KEY=VALUE`` items (TOML values; ``{ per_stage = [...] }`` for per-stage) -> knob values."""
+    from attn_zoo.backbone.config import parse_knob_value
+    from attn_zoo.cli.run_cmd import parse_overrides
+    from attn_zoo.errors import ConfigError
+
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--knob {item!r}: expected KEY=VALUE, e.g. window=4")
+    return {key: parse_knob_value(value) for key, value in parse_overrides(list(items)).items()}

@@ -7,12 +7,6 @@ import sys
 from pathlib import Path
 
 from attn_zoo.cli._format import print_json, table
-from attn_zoo.cli.results_cmd import find_store
-from attn_zoo.grid.store import Store, StoreError
-from attn_zoo.report.figures import make_figures
-from attn_zoo.report.plots import resolution_columns
-from attn_zoo.report.style import accuracy_metric
-from attn_zoo.report.tables import summary_rows
 
 
 def add_parser(sub) -> None:
@@ -26,6 +20,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attn_zoo.cli.results_cmd import find_store
+    from attn_zoo.grid.store import Store, StoreError
+    from attn_zoo.report.figures import make_figures
+    from attn_zoo.report.plots import resolution_columns
+    from attn_zoo.report.style import accuracy_metric
+    from attn_zoo.report.tables import summary_rows
+
     path = find_store(args.store)
     try:  # refresh the stored aggregates when the store is ours to write
         store = Store(path)

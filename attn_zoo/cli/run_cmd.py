@@ -10,15 +10,12 @@ from pathlib import Path
 
 from attn_zoo.cli._format import print_json, table
 from attn_zoo.errors import ConfigError
-from attn_zoo.grid.executors import create_executor, executor_names
-from attn_zoo.grid.runner import run_suite
-from attn_zoo.grid.store import Store
-from attn_zoo.grid.suite import load_suite
 from attn_zoo.registry import load_plugin_file
-from attn_zoo.report.tables import summary_rows
 
 
 def add_parser(sub) -> None:
+    from attn_zoo.grid.executors import executor_names
+
     p = sub.add_parser("run", help="run a suite file (resumes where a previous run stopped)")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
     p.add_argument(
@@ -89,6 +86,12 @@ def store_path_for(out: Path, name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attn_zoo.grid.executors import create_executor
+    from attn_zoo.grid.runner import run_suite
+    from attn_zoo.grid.store import Store
+    from attn_zoo.grid.suite import load_suite
+    from attn_zoo.report.tables import summary_rows
+
     for plugin in args.plugin:
         load_plugin_file(plugin)
     overrides = parse_overrides(args.set)
