@@ -129,6 +129,11 @@ class MechanismSpec:
                 self.resolve_knobs(knobs, stage=stage, occurrence=occurrence)
 
 
+class PluginWarning(RuntimeWarning):
+    """A plugin failed to load (the reason is also in :func:`plugin_errors`). ``attn-zoo`` shows it once as
+    one line instead of a Python warning."""
+
+
 _REGISTRY: dict[str, MechanismSpec] = {}
 _PLUGIN_ERRORS: dict[str, str] = {}
 _PLUGIN_FILES: dict[Path, list[str]] = {}  # resolved path -> names the file registered
@@ -204,7 +209,7 @@ def _ensure_loaded() -> None:
 
 def _report(key: str, message: str) -> None:
     _PLUGIN_ERRORS[key] = message
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, PluginWarning, stacklevel=3)
 
 
 def _set_source(names: list[str], source: str) -> None:
@@ -256,7 +261,13 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint, before: Mapping[str, Me
         raise ConfigError(f"expected a Mixer subclass (or a module registering one), got {obj!r}")
     if obj.name and obj.name in _REGISTRY and _REGISTRY[obj.name].cls is obj and obj.name != ep.name:
         raise ConfigError(
-            f"the class registers itself as {obj.name!r} but the entry point is named {ep.name!r}; use one name"
+            f"the class registers itself as {obj.name!r} but the entry point is named {ep.name!r}; use one name: "
+            f"@register_mechanism({ep.name!r}) or rename the entry point to {obj.name!r}"
+        )
+    if not obj.__dict__.get("name"):
+        raise ConfigError(
+            f"class {obj.__qualname__} is not registered: decorate it with @register_mechanism({ep.name!r}) "
+            "(the entry point's name), so that --plugin files, worker processes and the kit find it too"
         )
     register_mechanism(ep.name)(obj)
     return sorted(set(_REGISTRY) - set(before)) or [ep.name]
@@ -357,9 +368,34 @@ def get_mechanism(name: str) -> MechanismSpec:
         return _REGISTRY[name]
     except KeyError:
         err = UnknownNameError("mechanism", name, _REGISTRY)
-        if _PLUGIN_ERRORS:  # the mechanism may be in a plugin that failed: say so
-            err.args = (f"{err.args[0]}; note: {'; '.join(_PLUGIN_ERRORS.values())}",)
+        notes = [*_PLUGIN_ERRORS.values(), *_empty_file_notes()]
+        if notes:  # the mechanism may be in a plugin that failed or registered nothing: say so
+            err.args = (f"{err.args[0]}; note: {'; '.join(notes)}",)
         raise err from None
+
+
+def _empty_file_notes() -> list[str]:
+    """One line per loaded plugin file that registered no mechanism, naming undecorated Mixer classes."""
+    from attn_zoo.mechanisms.base import Mixer
+
+    notes = []
+    for path, names in _PLUGIN_FILES.items():
+        if names:
+            continue
+        module = _module_from_file(path)
+        plain = [
+            obj.__name__
+            for obj in vars(module or types.ModuleType("empty")).values()
+            if isinstance(obj, type) and issubclass(obj, Mixer) and obj.__module__ == getattr(module, "__name__", "")
+        ]
+        hint = (
+            f"{', '.join(plain)} {'is a Mixer subclass' if len(plain) == 1 else 'are Mixer subclasses'} without "
+            "@register_mechanism"
+            if plain
+            else "no Mixer subclass decorated with @register_mechanism"
+        )
+        notes.append(f"plugin file {path.name!r} registered no mechanism ({hint})")
+    return notes
 
 
 def create_mechanism(

@@ -15,10 +15,11 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 
 from attn_zoo.errors import AttnZooError, ConfigError
-from attn_zoo.registry import PLUGINS_ENV
+from attn_zoo.registry import PLUGINS_ENV, PluginWarning
 
 # name -> the one-line help `attn-zoo --help` lists, without importing the command's module (each module's
 # add_parser passes the same line; tests/test_cli_startup.py keeps the two equal)
@@ -103,20 +104,42 @@ def main(argv: list[str] | None = None) -> int:
         args.plugin = [*args.global_plugins, *args.plugin]
     # plugin files reach this command's worker processes through the environment, for this command only
     exported = os.environ.get(PLUGINS_ENV)
-    try:
-        load_plugins([*args.global_plugins, *getattr(args, "command_plugins", [])])
-        return int(args.func(args) or 0)
-    except AttnZooError as exc:
-        print(f"attn-zoo: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("attn-zoo: interrupted; finished cells are in the store, `attn-zoo run` resumes", file=sys.stderr)
-        return 130
-    finally:
-        if exported is None:
-            os.environ.pop(PLUGINS_ENV, None)
+    error, failed_plugins = "", []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PluginWarning)
+        warnings.showwarning = _collecting(failed_plugins, warnings.showwarning)
+        try:
+            load_plugins([*args.global_plugins, *getattr(args, "command_plugins", [])])
+            return int(args.func(args) or 0)
+        except AttnZooError as exc:
+            error = str(exc)
+            print(f"attn-zoo: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("attn-zoo: interrupted; finished cells are in the store, `attn-zoo run` resumes", file=sys.stderr)
+            return 130
+        finally:
+            # a failed plugin is one line, once, not a Python warning with its source line; none when the error
+            # line already says it
+            for text in dict.fromkeys(failed_plugins):
+                if text not in error:
+                    print(f"attn-zoo: warning: {text}", file=sys.stderr)
+            if exported is None:
+                os.environ.pop(PLUGINS_ENV, None)
+            else:
+                os.environ[PLUGINS_ENV] = exported
+
+
+def _collecting(into: list[str], show):
+    """A ``warnings.showwarning`` that keeps PluginWarnings' messages in ``into`` and shows the others."""
+
+    def showwarning(message, category, *args, **kwargs):
+        if issubclass(category, PluginWarning):
+            into.append(str(message))
         else:
-            os.environ[PLUGINS_ENV] = exported
+            show(message, category, *args, **kwargs)
+
+    return showwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -78,6 +78,4 @@ def run(args: argparse.Namespace) -> int:
     print("Presets:")
     for name, doc in info["presets"].items():
         print(f"    {name}: {doc}")
-    for err in info["plugin_errors"].values():
-        print(f"\nwarning: {err}")
     return 0
