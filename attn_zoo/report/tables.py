@@ -112,6 +112,8 @@ def aggregate_long(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def summary_rows(frame: pd.DataFrame, columns=DEFAULT_COLUMNS) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted rows, one per configuration; several seeds show ``mean ± ci95``."""
     present = [c for c in columns if c[0] in frame.columns and frame[c[0]].notna().any()]
+    if {"budget_error", "budget_target"} <= set(frame.columns):  # no budget (target 0): "-", not "+0.0%"
+        frame = frame.assign(budget_error=frame["budget_error"].where(frame["budget_target"].fillna(0) > 0))
     agg = aggregate(frame, [c[0] for c in present])
     with_variant = "variant" in agg and agg["variant"].astype(str).str.len().gt(0).any()
     headers = ["mechanism", *(["variant"] if with_variant else []), "seeds", *[c[1] for c in present]]
