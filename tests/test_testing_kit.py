@@ -123,6 +123,8 @@ def test_check_command_names_what_a_mechanism_ignores(planted, message, tmp_path
         (["check", "swin", "--knob", "windw=4"], "unknown knob of mechanism 'swin' 'windw'"),
         (["check", "swin", "--knob", "window=x"], "knob 'window' got 'x'"),
         (["check", "swin", "--dim", "25"], "channels (25) must be divisible by num_heads (3)"),
+        (["check", "msda", "--dim", "8", "--heads", "2"], "dim 8 with 2 heads: mechanism 'msda': num_heads (2) must"),
+        (["check", "swin", "--only", "shapes"], "unknown conformance check 'shapes'; allowed: batch"),
     ],
 )
 def test_check_command_user_errors(argv, message, capsys):
