@@ -79,3 +79,22 @@ def test_bad_knobs_are_one_line(argv, message, capsys):
     assert main(["count", "zoo_s32", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_mechanism_without_a_formula_shows_a_dash(tmp_path, capsys):
+    from attn_zoo.registry import isolated_registry
+
+    plugin = tmp_path / "noformula.py"
+    plugin.write_text(
+        "from attn_zoo import register_mechanism\n"
+        "from attn_zoo.mechanisms.base import Mixer\n"
+        "@register_mechanism('noformula')\n"
+        "class NoFormula(Mixer):\n"
+        "    '''Scales the tokens.'''\n"
+        "    def forward(self, x, context=None):\n"
+        "        return 2 * x\n"
+    )
+    with isolated_registry():
+        assert main(["--plugin", str(plugin), "count", "zoo_s32", "--mechanism", "noformula"]) == 0
+    out = capsys.readouterr().out
+    assert "  attention MACs  0 M counted, - by the formulas (-)" in out

@@ -59,7 +59,7 @@ def _mechanism(config, args: argparse.Namespace):
     return config
 
 
-def breakdown(model, img_size: int, in_chans: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
+def breakdown(model, img_size: int, in_chans: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Totals and one row per top-level part (stem, each stage, head): map, MACs, attention MACs counted and
     by the formulas. One forward pass of one image on the CPU."""
     import torch
@@ -84,7 +84,7 @@ def breakdown(model, img_size: int, in_chans: int) -> tuple[dict[str, int], list
     try:
         with torch.no_grad():
             x = torch.randn(1, in_chans, img_size, img_size)
-            total, counts, _ = count_flops(lambda: model(x))
+            total, counts, uncounted = count_flops(lambda: model(x))
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -94,8 +94,12 @@ def breakdown(model, img_size: int, in_chans: int) -> tuple[dict[str, int], list
     def macs(name: str) -> int:
         return sum(counts.get(f"{root}.{name}", {}).values()) // 2
 
-    def formula(name: str) -> int:
-        return int(modules[name].attention_macs(*maps[name])) if name in maps else 0
+    def formula(names: list[str]) -> int | None:
+        """The declared formulas summed; None when one is missing (a plugin without attention_macs)."""
+        try:
+            return sum(int(modules[n].attention_macs(*maps[n])) for n in names if n in maps)
+        except (NotImplementedError, AttributeError):
+            return None
 
     rows = []
     for part, _ in model.named_children():
@@ -109,21 +113,27 @@ def breakdown(model, img_size: int, in_chans: int) -> tuple[dict[str, int], list
                         "map": list(maps.get(prefix, ())),
                         "macs": macs(prefix),
                         "attention_macs": sum(macs(n) for n in mine),
-                        "attention_macs_formula": sum(formula(n) for n in mine),
+                        "attention_macs_formula": formula(mine),
                     }
                 )
         elif macs(part):
             rows.append({"part": part, "map": [], "macs": macs(part), "attention_macs": 0, "attention_macs_formula": 0})
     totals = {
+        "flops": total,
         "macs": total // 2,
         "attention_macs": sum(r["attention_macs"] for r in rows),
-        "attention_macs_formula": sum(r["attention_macs_formula"] for r in rows),
+        "attention_macs_formula": formula(owned),
+        "uncounted_ops": uncounted,
     }
     return totals, rows
 
 
-def _off(formula: int, counted: int) -> str:
-    return f"{(formula - counted) / counted:+.1%}" if counted else "-"
+def _off(formula: int | None, counted: int) -> str:
+    return f"{(formula - counted) / counted:+.1%}" if counted and formula is not None else "-"
+
+
+def _si(value: int | None) -> str:
+    return "-" if value is None else si(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "img_size": config.img_size,
         "backends": backends,
         "params": params,
-        "flops": 2 * totals["macs"],
+        "attention_flops": 2 * totals["attention_macs"],
         **totals,
         "stages": rows,
     }
@@ -167,10 +177,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.preset} with {', '.join(mixers)} (knobs: {shown}) at {config.img_size}x{config.img_size}, one image:")
     print(f"  params          {si(params)}")
     print(f"  MACs            {si(totals['macs'])}   (multiply-accumulates; the papers' 'FLOPs')")
-    print(f"  FLOPs           {si(2 * totals['macs'])}   (FlopCounterMode: 2 per MAC)")
+    print(f"  FLOPs           {si(totals['flops'])}   (FlopCounterMode: 2 per MAC)")
     counted, declared = totals["attention_macs"], totals["attention_macs_formula"]
     print(
-        f"  attention MACs  {si(counted)} counted, {si(declared)} by the formulas ({_off(declared, counted)})"
+        f"  attention MACs  {si(counted)} counted, {_si(declared)} by the formulas ({_off(declared, counted)})"
         "   (inside the token mixers and stage contexts)"
     )
     print(f"  backends        {', '.join(backends) or '-'}\n")
@@ -181,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             "x".join(map(str, r["map"])) or "-",
             si(r["macs"]),
             si(r["attention_macs"]) if r["part"].startswith("stage") else "-",
-            si(r["attention_macs_formula"]) if r["part"].startswith("stage") else "-",
+            _si(r["attention_macs_formula"]) if r["part"].startswith("stage") else "-",
             _off(r["attention_macs_formula"], r["attention_macs"]) if r["part"].startswith("stage") else "-",
         ]
         for r in rows
