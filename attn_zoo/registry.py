@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import os
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
 
 if TYPE_CHECKING:  # imported where used: the CLI reads this module without loading torch
+    import importlib.metadata
+
     from attn_zoo.mechanisms.base import Mixer
 
 ENTRY_POINT_GROUP = "attn_zoo.mechanisms"
@@ -226,6 +227,8 @@ def load_entry_points() -> dict[str, str]:
     ``RuntimeWarning`` and in :func:`plugin_errors`; whatever it registered is removed, the others load.
     """
     _load_builtins()
+    import importlib.metadata  # here, not at the top: the CLI reads this module at start-up
+
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         package = f"{dist.name} {dist.version}" if dist is not None else "an installed package"
