@@ -104,21 +104,31 @@ def main(argv: list[str] | None = None) -> int:
         args.plugin = [*args.global_plugins, *args.plugin]
     # plugin files reach this command's worker processes through the environment, for this command only
     exported = os.environ.get(PLUGINS_ENV)
+    from attn_zoo.errors import Terminated
+    from attn_zoo.paths import restore_roots
+
+    previous = _on_sigterm()
     error, failed_plugins = "", []
     with warnings.catch_warnings():
         warnings.simplefilter("always", PluginWarning)
         warnings.showwarning = _collecting(failed_plugins, warnings.showwarning)
         try:
-            load_plugins([*args.global_plugins, *getattr(args, "command_plugins", [])])
-            return int(args.func(args) or 0)
+            with restore_roots():  # the directories a command may write are its own
+                load_plugins([*args.global_plugins, *getattr(args, "command_plugins", [])])
+                return int(args.func(args) or 0)
         except AttnZooError as exc:
             error = str(exc)
             print(f"attn-zoo: error: {error}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("attn-zoo: interrupted; finished cells are in the store, `attn-zoo run` resumes", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Slurm, Kubernetes, Ray before they kill)
+            what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+            print(
+                f"attn-zoo: {what}; finished cells are in the store, the interrupted ones resume with `attn-zoo run`",
+                file=sys.stderr,
+            )
+            return code
         finally:
+            _restore_sigterm(previous)
             # a failed plugin is one line, once, not a Python warning with its source line; none when the error
             # line already says it
             for text in dict.fromkeys(failed_plugins):
@@ -140,6 +150,29 @@ def _collecting(into: list[str], show):
             show(message, category, *args, **kwargs)
 
     return showwarning
+
+
+def _on_sigterm():
+    """SIGTERM raises :class:`~attn_zoo.errors.Terminated` (a KeyboardInterrupt): the run stops as on Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        from attn_zoo.errors import Terminated
+
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ from typing import Any
 
 from attn_zoo.backbone.config import MixerSpec, parse_knob_value
 from attn_zoo.backbone.presets import get_preset, list_presets
+from attn_zoo.cli._args import number
 from attn_zoo.cli._format import print_json, table
 from attn_zoo.errors import AttnZooError, ConfigError, UnknownNameError
 from attn_zoo.measure.environment import environment
@@ -35,32 +36,50 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="latency, throughput, memory and MACs of presets or mechanisms")
     p.add_argument("targets", nargs="+", metavar="TARGET", help="preset or mechanism names (see `attn-zoo list`)")
     p.add_argument("--preset", default="zoo_224", help="harness a mechanism TARGET runs in (default: zoo_224)")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, help="input sides (default: the preset's)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default: 1)")
+    p.add_argument(
+        "--img-size", type=number(8, integer=True), nargs="+", default=None, help="input sides (default: the preset's)"
+    )
+    p.add_argument("--batch", type=number(1, integer=True), nargs="+", default=[1], help="batch sizes (default: 1)")
     p.add_argument("--mode", nargs="+", choices=MODES, default=["fwd"], help="what to time (default: fwd)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="mechanism knob (TOML value)")
-    p.add_argument("--num-classes", type=int, default=None, help="head size (default: the preset's)")
+    p.add_argument(
+        "--num-classes", type=number(1, integer=True), default=None, help="head size (default: the preset's)"
+    )
     g = p.add_argument_group("where and how")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     g.add_argument("--dtype", default="float32", choices=list(DTYPES))
     g.add_argument("--backend", default=None, metavar="NAME", help="force one attention path (see `attn-zoo list`)")
-    g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice, recorded)")
+    g.add_argument(
+        "--threads", type=number(1, 4096, integer=True), default=None, help="torch threads (default: torch's choice)"
+    )
     g.add_argument("--amp", action="store_true", help="autocast to bfloat16")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--channels-last", action="store_true", help="channels-last image and conv weights")
     g = p.add_argument_group("latency stopping rule")
-    g.add_argument("--warmup", type=int, default=3)
-    g.add_argument("--repeats", type=int, default=0, help="exactly this many timed calls (default: adaptive)")
-    g.add_argument("--min-repeats", type=int, default=5)
-    g.add_argument("--max-repeats", type=int, default=200)
-    g.add_argument("--time-cap", type=float, default=10.0, help="seconds of timed calls per mode (default: 10)")
-    g.add_argument("--target-ci", type=float, default=0.02, help="median's 95%% CI half-width (default: 0.02)")
+    g.add_argument("--warmup", type=number(0, integer=True), default=3)
+    g.add_argument(
+        "--repeats", type=number(0, integer=True), default=0, help="exactly this many timed calls (default: adaptive)"
+    )
+    g.add_argument("--min-repeats", type=number(1, integer=True), default=5)
+    g.add_argument("--max-repeats", type=number(1, integer=True), default=200)
+    g.add_argument(
+        "--time-cap",
+        type=number(0, low_open=True, unit="seconds"),
+        default=10.0,
+        help="seconds of timed calls per mode (default: 10)",
+    )
+    g.add_argument(
+        "--target-ci",
+        type=number(0, 1, low_open=True),
+        default=0.02,
+        help="median's 95%% CI half-width (default: 0.02)",
+    )
     g = p.add_argument_group("what else")
     g.add_argument("--no-count", action="store_true", help="skip MACs / FLOPs")
     g.add_argument("--fvcore", action="store_true", help="add fvcore's count as a cross-check column")
     g.add_argument("--no-memory", action="store_true", help="skip peak memory")
     g.add_argument("--memory-method", default="auto", choices=METHODS)
-    g.add_argument("--max-batch-mem-mb", type=float, default=0.0, help="find the largest batch under this peak")
+    g.add_argument("--max-batch-mem-mb", type=number(0), default=0.0, help="find the largest batch under this peak")
     g.add_argument("--no-efficiency", action="store_true", help="skip achieved GFLOP/s and the matmul peak")
     g.add_argument("--erf", action="store_true", help="effective receptive field radii (untrained model)")
     p.add_argument("--store", default="results/bench.sqlite", help="results store (default: results/bench.sqlite)")
@@ -105,7 +124,7 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
     run_id = uuid.uuid4().hex[:12]
     measure_base = {
         "device": args.device,
-        "threads": args.threads,
+        "threads": args.threads or 0,  # 0: torch's choice
         "dtype": args.dtype,
         "amp": args.amp,
         "compile": args.compile,
@@ -168,6 +187,11 @@ def run(args: argparse.Namespace) -> int:
     from attn_zoo.grid.suite import Cell
 
     cells = build_cells(args)
+    if not args.no_store:  # the store's directory is the one place bench writes
+        from attn_zoo.paths import allow_writes, make_dir
+
+        allow_writes(Path(args.store).parent)
+        make_dir(Path(args.store).parent)
     store = None if args.no_store else Store(args.store)
     command = "attn-zoo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     ids = [Cell(c).cell_id for c in cells]

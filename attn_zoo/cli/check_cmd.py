@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from attn_zoo.cli._args import number
 from attn_zoo.cli._format import parse_knobs
 
 
@@ -25,8 +26,12 @@ def add_parser(sub) -> None:
         help="run only this check (shape, sizes, batch, gradients, dependence, determinism, macs, dtypes, "
         "state_dict, harness); repeatable",
     )
-    p.add_argument("--dim", type=int, default=24, help="channels of the standalone checks (default 24)")
-    p.add_argument("--heads", type=int, default=3, help="heads of the standalone checks (default 3)")
+    p.add_argument(
+        "--dim", type=number(1, integer=True), default=24, help="channels of the standalone checks (default 24)"
+    )
+    p.add_argument(
+        "--heads", type=number(1, integer=True), default=3, help="heads of the standalone checks (default 3)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from attn_zoo.cli._args import number
 from attn_zoo.cli._format import print_json, table
 from attn_zoo.errors import ConfigError
 
@@ -14,12 +15,15 @@ def add_parser(sub) -> None:
     p.add_argument("current", help="the .sqlite store to check")
     p.add_argument(
         "--latency-threshold",
-        type=float,
+        type=number(0, 100),
         default=0.10,
         help="relative latency change that counts (default 0.10 = 10%%), beyond the measured spread",
     )
     p.add_argument(
-        "--accuracy-threshold", type=float, default=1.0, help="accuracy change in points that counts (default 1.0)"
+        "--accuracy-threshold",
+        type=number(0, 100, unit="points"),
+        default=1.0,
+        help="accuracy change in points that counts (default 1.0)",
     )
     p.add_argument(
         "--fail-on",

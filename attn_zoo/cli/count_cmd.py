@@ -10,6 +10,7 @@ import argparse
 import math
 from typing import Any
 
+from attn_zoo.cli._args import number
 from attn_zoo.cli._format import parse_knobs, print_json, table
 from attn_zoo.errors import ConfigError
 
@@ -26,7 +27,7 @@ def add_parser(sub) -> None:
         metavar="KEY=VALUE",
         help="a knob of the mechanism (TOML value, as in `run`/`bench`), e.g. --knob window=4; repeatable",
     )
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=number(1, integer=True), default=None)
     p.add_argument("--backend", default=None, metavar="NAME", help="force one attention path (see `attn-zoo list`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

@@ -58,16 +58,19 @@ def scaffold(name: str, parent: str | Path = ".", force: bool = False) -> list[P
     root = Path(parent) / values["project"]
     if root.exists() and any(root.iterdir()) and not force:
         raise ConfigError(f"{root} exists and is not empty; pick another --dir or name, or pass --force")
+    from attn_zoo.paths import allow_writes, restore_roots, write_text
+
     templates = resources.files("attn_zoo") / "templates" / "mechanism"
     written = []
-    for template, target in FILES.items():
-        text = (templates / template).read_text(encoding="utf-8")
-        for key, value in values.items():
-            text = text.replace("{{" + key + "}}", value)
-        path = root / target.format(**values)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+    with restore_roots():
+        allow_writes(root)  # the project folder is the one place `new` writes
+        for template, target in FILES.items():
+            text = (templates / template).read_text(encoding="utf-8")
+            for key, value in values.items():
+                text = text.replace("{{" + key + "}}", value)
+            path = root / target.format(**values)
+            write_text(path, text)
+            written.append(path)
     return written
 
 

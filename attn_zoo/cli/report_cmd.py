@@ -35,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"attn-zoo: note: aggregates not refreshed ({exc})", file=sys.stderr)
         store = Store(path, readonly=True)
     frame = store.frame()
+    from attn_zoo.paths import allow_writes, make_dir
+
     out = Path(args.out) if args.out else path.with_suffix("")
+    allow_writes(out)  # the report writes only here
+    make_dir(out)
     figures = make_figures(frame, out, path.parent)
     page = None
     if args.html:

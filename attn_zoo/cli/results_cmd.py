@@ -102,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
         frame = frame[[c for c in cols if c in frame.columns]]
     for target in (args.csv, args.parquet):
         if target:
-            export_frame(frame, target)
+            from attn_zoo.paths import atomic_output
+
+            if Path(target).suffix not in (".csv", ".parquet", ".pq"):
+                raise ConfigError(f"export file {target!r}: unknown format; allowed suffixes: .csv, .parquet")
+            with atomic_output(target) as tmp:  # the format follows the suffix, which the temporary file keeps
+                export_frame(frame, tmp)
     if args.json:
         print_json(frame.to_dict(orient="records"))
         return 0

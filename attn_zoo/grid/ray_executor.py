@@ -183,9 +183,10 @@ class RayExecutor:
 
     def submit(self, cell: Cell, artifact_dir: Path) -> Any:
         # absolute: a Ray worker's working directory is not the runner's
-        artifact_dir = Path(artifact_dir).absolute()
-        artifact_dir.mkdir(parents=True, exist_ok=True)
-        (artifact_dir / MARKER).write_text(self._session)
+        from attn_zoo.paths import make_dir, write_text
+
+        artifact_dir = make_dir(Path(artifact_dir).absolute())  # checked against the run's write roots
+        write_text(artifact_dir / MARKER, self._session)
         plugins = os.environ.get(PLUGINS_ENV)
         task = self._task.options(runtime_env={"env_vars": {PLUGINS_ENV: plugins}}) if plugins else self._task
         ref = task.remote(
@@ -305,7 +306,8 @@ def unpack_artifacts(result: Result, shipped: Mapping[str, tuple[str, bytes]], a
         path = (root / relative).resolve()
         if not path.is_relative_to(root):
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        from attn_zoo.paths import write_bytes
+
+        write_bytes(path, data)  # atomic, after the one write check
         artifacts[name] = str(path)
     return {**result, "artifacts": artifacts}

@@ -92,7 +92,9 @@ def run_suite(
         executor = (
             InlineExecutor(lambda cell, _dir: runner(cell))
             if runner is not None
-            else LocalExecutor(1, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb)
+            else LocalExecutor(
+                1, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb, work_root=work_root_for(store_path)
+            )
         )
     summary = RunSummary(store.path, total=len(suite.cells))
     artifacts = artifact_root(store_path, suite)
@@ -132,6 +134,9 @@ def run_suite(
                 summary.outcomes[cell.cell_id] = status or "skipped"
                 if cell.cell_id not in settled:
                     tick()
+            for token, note in getattr(executor, "take_notes", list)():
+                if token in in_flight:
+                    bar.write(f"  {_name(in_flight[token][0])}: {_estimate_note(note)}")
             for token, result in executor.wait(heartbeat_s if in_flight else 0.0):
                 cell, start = in_flight.pop(token)
                 result = {
@@ -167,6 +172,28 @@ def run_suite(
     store.write_aggregates()
     store.finish_run(run_id)
     return summary
+
+
+def work_root_for(store_path: str | Path) -> Path:
+    """Where the local executor keeps its cells' working directories: ``<results>/.cells``."""
+    return Path(store_path).parent.resolve() / ".cells"
+
+
+def _estimate_note(note: dict[str, Any]) -> str:
+    """``about 2.5 min for 300 steps (0.5 s a step over the first 5)``."""
+    try:
+        seconds, total = float(note["estimated_s"]), int(note["total_steps"])
+        per_step, done = float(note["seconds_per_step"]), int(note["steps_done"])
+    except (KeyError, TypeError, ValueError):
+        return "progress report unreadable"
+    return f"about {_duration(seconds)} for {total} steps ({per_step:.3g} s a step over the first {done})"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _settled(status: str | None, retry_failed: bool) -> bool:

@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     fits = fit_exponents(Store(args.store).frame(), args.metrics, by=args.by)
     if args.csv:
-        fits.to_csv(args.csv, index=False)
+        from attn_zoo.paths import atomic_output
+
+        with atomic_output(args.csv) as tmp:
+            fits.to_csv(tmp, index=False)
     if args.json:
         print(json.dumps(fits.to_dict(orient="records"), indent=2))
     else:

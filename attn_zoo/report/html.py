@@ -179,9 +179,9 @@ def write_html_report(store, out_path: str | Path, figures: Sequence[Figure]) ->
         runs=runs,
         suite_toml=last.get("suite_toml") or "",
     )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(page, encoding="utf-8")
-    return out_path
+    from attn_zoo.paths import write_text
+
+    return write_text(out_path, page)  # atomic, after the one write check
 
 
 def _description(toml_text: str) -> str:

@@ -155,12 +155,14 @@ def figure(width: float = 4.8, height: float = 3.4, ncols: int = 1, nrows: int =
 
 
 def save(fig, path) -> None:
+    """Write ``fig`` atomically (a full disk leaves no truncated file; any OSError is one line naming ``path``)."""
     from pathlib import Path
 
+    from attn_zoo.paths import atomic_output
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with plt.rc_context(RC):
-        fig.savefig(path, metadata={"Software": "attn_zoo"})
+    with atomic_output(path) as tmp, plt.rc_context(RC):
+        fig.savefig(tmp, metadata={"Software": "attn_zoo"}, format=path.suffix.lstrip(".") or "png")
 
 
 # The reported accuracy: the test split's top-1 (what training records); ``val_top1`` for stores that have
