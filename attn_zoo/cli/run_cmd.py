@@ -135,8 +135,8 @@ def _run(args: argparse.Namespace) -> int:
     from attn_zoo.grid.runner import run_suite, work_root_for
     from attn_zoo.grid.store import Store
     from attn_zoo.grid.suite import load_suite
-    from attn_zoo.report.tables import summary_rows
     from attn_zoo.paths import allow_writes, cache_dir, make_dir, writable
+    from attn_zoo.report.tables import summary_rows
 
     for plugin in args.plugin:
         load_plugin_file(plugin)
