@@ -33,6 +33,7 @@ COMMANDS = {
     "bench": "latency, throughput, memory and MACs of presets or mechanisms",
     "new": "scaffold a new mechanism as an installable plugin package",
     "check": "run the conformance kit on a mechanism (shape, sizes, gradients, MACs, ...)",
+    "verify": "list the rows of a results store that no longer match their digest",
 }
 # commands that build mechanisms also take `--plugin FILE` after their name (`attn-zoo --plugin FILE CMD` works for all)
 PLUGIN_COMMANDS = ("list", "count", "run", "bench", "check")

@@ -225,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
             metrics["cell_wall_s"] = time.perf_counter() - start
             env = environment(args.device, args.dtype)
             if store is not None:
-                store.finish_cell(cell_id, status, metrics, reason, env, backends)
+                from attn_zoo.grid.provenance import cell_code
+
+                store.finish_cell(cell_id, status, metrics, reason, env, backends, code=cell_code(cell))
             rows.append({"cell_id": cell_id, "label": cell["label"], "status": status, "reason": reason,
                          "img_size": config.img_size, "batch": measure["batch_size"], "backends": backends,
                          "metrics": metrics, "environment": env})  # fmt: skip

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the fits as JSON records")
     parser.add_argument("--csv", default=None, help="also write the fits to this CSV file")
     args = parser.parse_args(argv)
-    fits = fit_exponents(Store(args.store).frame(), args.metrics, by=args.by)
+    fits = fit_exponents(Store(args.store, readonly=True).frame(), args.metrics, by=args.by)  # reading only
     if args.csv:
         from attn_zoo.paths import atomic_output
 
