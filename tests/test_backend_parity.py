@@ -10,6 +10,14 @@ Cases: sizes that are and are not multiples of the window (padding), shift on/of
 the window (the window clamps), dilations 1..3, the three neighbourhood borders, batch 2, several heads.
 A path that cannot run here skips with the registry's reason. Forward-only paths (natten and
 flex_attention on CPU) are compared forward only; their backward case skips with the reason.
+
+bfloat16: one case per mechanism, every path (``reference`` too) run under ``torch.autocast(bfloat16)`` (how
+``attn-zoo bench --amp`` and training with ``amp`` run), each tensor compared with the float32 ``reference``
+of the same module by its relative error ``||got - want|| / ||want||``. bf16 keeps 8 bits of mantissa, and
+under autocast the projections round too, so the bound is relative to the error of the ``reference`` path
+under the same autocast: at most twice that plus 1e-3 (gradients that nearly cancel, such as the output
+bias's under the +-1 output weights, have a large relative error on every path), and below 2e-2 for the
+output. Tensors near zero in exact arithmetic are measured against an RMS floor of 1e-2.
 """
 
 from __future__ import annotations
@@ -68,6 +76,25 @@ def _params() -> list:
     return out
 
 
+# every mechanism; shifted and padded windows, GC-ViT's two kinds, the inward border (natten's)
+BF16_IDS = ("global", "swin-swmsa-pad", "ssa-r2", "iwsa-pad-masked", "gcvit-local-pad", "gcvit-global")
+BF16_IDS += ("msda-inward", "msa_conv-inward-d3")
+BF16_CASES = [case for case in CASES if case[0] in BF16_IDS]
+BF16_OUTPUT_TOL = 2e-2
+
+
+def _bf16_params() -> list:
+    out = []
+    for case in BF16_CASES:
+        for backend in get_mechanism(case[1]).backends:
+            for device in DEVICES:
+                for pass_ in PASSES:
+                    out.append(
+                        pytest.param(case, backend, device, pass_, id=f"{case[0]}-{backend}-{device}-bf16-{pass_}")
+                    )
+    return out
+
+
 def _tolerances(device: str, pass_: str) -> dict[str, float]:
     if device == "cuda":
         return {"rtol": 1e-4, "atol": 1e-4}
@@ -104,8 +131,7 @@ def _run(mixer: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None, 
     return [out.detach(), *grads, *(p.grad for p in mixer.parameters())]
 
 
-@pytest.mark.parametrize(("case", "backend", "device", "pass_"), _params())
-def test_path_equals_reference(case: tuple, backend: str, device: str, pass_: str) -> None:
+def _skip_unless_it_runs(backend: str, device: str, pass_: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device here")
     reason = runs_reason(backend, device)
@@ -114,6 +140,19 @@ def test_path_equals_reference(case: tuple, backend: str, device: str, pass_: st
     forward_only = unavailable_reason(backend, device) is not None  # runs here, but only as a parity check
     if pass_ == "backward" and forward_only:
         pytest.skip(f"{backend} on {device} is forward only: {unavailable_reason(backend, device)}")
+
+
+def _names(mixer: torch.nn.Module, context: torch.Tensor | None, pass_: str) -> list[str]:
+    names = ["output"]
+    if pass_ == "backward":
+        names += ["d input", *(["d context"] if context is not None else [])]
+        names += [f"d {n}" for n, _ in mixer.named_parameters()]
+    return names
+
+
+@pytest.mark.parametrize(("case", "backend", "device", "pass_"), _params())
+def test_path_equals_reference(case: tuple, backend: str, device: str, pass_: str) -> None:
+    _skip_unless_it_runs(backend, device, pass_)
     mixer, x, context = _build(case, device)
     try:
         mixer.set_backend(backend)
@@ -126,15 +165,52 @@ def test_path_equals_reference(case: tuple, backend: str, device: str, pass_: st
     got = _run(mixer, x, context, backward=pass_ == "backward")
     assert mixer.last_backend == backend
     tol = _tolerances(device, pass_)
-    names = ["output"]
-    if pass_ == "backward":
-        names += ["d input", *(["d context"] if context is not None else [])]
-        names += [f"d {n}" for n, _ in mixer.named_parameters()]
+    names = _names(mixer, context, pass_)
     assert len(names) == len(expected) == len(got)
     for name, a, b in zip(names, got, expected):
         assert (a is None) == (b is None), f"{name}: gradient on one path only"
         if a is not None:
             torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{backend} vs reference, {name}: {m}")
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.double(), want.double()
+    floor = 1e-2 * want.numel() ** 0.5  # an RMS of 1e-2: for gradients that are ~0 in exact arithmetic
+    return ((got - want).norm() / max(want.norm().item(), floor)).item()
+
+
+@pytest.mark.parametrize(("case", "backend", "device", "pass_"), _bf16_params())
+def test_path_under_bf16_autocast_is_close_to_the_float32_reference(
+    case: tuple, backend: str, device: str, pass_: str
+) -> None:
+    _skip_unless_it_runs(backend, device, pass_)
+    mixer, x, context = _build(case, device)
+    try:
+        mixer.set_backend(backend)
+    except KnobError as exc:
+        pytest.skip(f"{backend} does not implement these knobs: {exc}")
+    backward = pass_ == "backward"
+    mixer.set_backend("reference")
+    expected = _run(mixer, x, context, backward)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        baseline = _run(mixer, x, context, backward)  # what bf16 alone costs, on the reference path
+    mixer.set_backend(backend)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        got = _run(mixer, x, context, backward)
+    assert mixer.last_backend == backend
+    assert got[0].dtype == torch.bfloat16  # autocast reached the mixer's matmuls
+    names = _names(mixer, context, pass_)
+    assert len(names) == len(expected) == len(got) == len(baseline)
+    for name, a, b, base in zip(names, got, expected, baseline):
+        assert (a is None) == (b is None), f"{name}: gradient on one path only"
+        if a is None:
+            continue
+        err, base_err = _relative_error(a, b), _relative_error(base, b)
+        bound = min(2 * base_err + 1e-3, BF16_OUTPUT_TOL) if name == "output" else 2 * base_err + 1e-3
+        assert err <= bound, (
+            f"{backend} under bf16 autocast vs float32 reference, {name}: relative error {err:.1e} > {bound:.1e} "
+            f"(reference under bf16: {base_err:.1e})"
+        )
 
 
 def test_every_mechanism_has_a_reference_and_its_fast_paths():
