@@ -229,3 +229,18 @@ def test_auto_on_cpu_picks_a_path_that_runs_and_records_it():
         with torch.no_grad():
             mixer(x, context)
         assert mixer.last_backend is not None and unavailable_reason(mixer.last_backend, "cpu") is None, case[0]
+
+
+def test_flex_pads_small_heads_without_changing_the_result(monkeypatch):
+    """flex's CUDA kernel takes head dims >= 16; the zero padding it gets there changes nothing (checked on CPU)."""
+    from attn_zoo.layers import attention
+
+    q, k, v = (torch.randn(2, 4, 3, 16, 8) for _ in range(3))  # (B, nW, heads, N, d = 8)
+    bias = torch.randn(1, 4, 3, 16, 16)
+    want = attention.attention_reference(q, k, v, scale=0.3, bias=bias)
+    monkeypatch.setitem(attention.FLEX_MIN_HEAD_DIM, "cpu", 16)
+    got = attention.attention_flex(q, k, v, scale=0.3, bias=bias)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got4 = attention.attention_flex(q[:, 0], k[:, 0], v[:, 0], scale=0.3, bias=bias[:, 0])
+    torch.testing.assert_close(got4, want[:, 0], rtol=1e-5, atol=1e-5)
