@@ -142,14 +142,16 @@ def _layer(call: Callable, groups: list, dilations: tuple[int, ...], grad: bool)
     return run
 
 
-def natten_anchor(args, device: torch.device) -> dict[str, object]:
+def natten_anchor(args, device: torch.device, save: Callable[[dict], None] = lambda result: None) -> dict[str, object]:
+    """``save(result)`` is called after each case, so a run stopped from outside keeps the cases done."""
     import natten
 
     result: dict[str, object] = {"natten": natten.__version__, "has_libnatten": bool(natten.HAS_LIBNATTEN)}
     size, kernel, dilations = 56, (3, 3), (1, 2, 3)
     torch.manual_seed(0)
     natten.allow_flex_compile(True, backprop=True)
-    cases = [(d, n, t) for d in (24, 32) for n, t in (("float32", torch.float32), ("bf16", torch.bfloat16))]
+    precisions = (("float32", torch.float32), ("bf16", torch.bfloat16))
+    cases = [(d, n, t) for d in args.natten_head_dims for n, t in precisions]
     for head_dim, dtype_name, dtype in cases:
         if dtype_name not in args.dtypes:
             continue
@@ -201,6 +203,7 @@ def natten_anchor(args, device: torch.device) -> dict[str, object]:
             except Exception as exc:
                 result[f"{label_dtype}/{pass_}/error"] = f"{type(exc).__name__}: {exc}"[:500]
             result[f"{label_dtype}/{pass_}"] = timed
+            save(result)
     return result
 
 
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=5, help="timed calls per variant per round")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bf16"], choices=["float32", "bf16"])
     p.add_argument("--parts", nargs="+", default=["timm", "natten"], choices=["timm", "natten"])
+    p.add_argument("--natten-head-dims", type=int, nargs="+", default=[24, 32], help="head sizes of the natten part")
     p.add_argument("--out", required=True, help="JSON file to write")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -243,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                 (f"{timm_name} vs {preset}", lambda a=(timm_name, preset, convert): timm_anchor(*a, args, device))
             )
     if "natten" in args.parts:
-        jobs.append(("natten vs msda (56x56, k 3, r 1-3)", lambda: natten_anchor(args, device)))
+        name = "natten vs msda (56x56, k 3, r 1-3)"
+
+        def save(result: dict, name: str = name) -> None:
+            Path(args.out).write_text(json.dumps({**results, name: result}, indent=1, default=str))
+
+        jobs.append((name, lambda: natten_anchor(args, device, save)))
     for name, job in jobs:
         start = time.perf_counter()
         try:

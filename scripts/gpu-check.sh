@@ -20,6 +20,9 @@
 #                     natten. Without it, nothing is installed: the current Python must hold torch and the
 #                     test extra; on a machine with network install with `pip install -e '.[test,gpu]'` first.
 #   GPU_CHECK_DRY=1   the plumbing on CPU in a minute or two (tiny sizes, a few tests), for a machine without GPU
+#   GPU_CHECK_BENCH_PLAN  a file of bench calls to run instead of the full plan, one per line:
+#                     PRECISION<TAB>PATHS<TAB>TARGETS (PRECISION float32 or bf16), e.g. to finish a cut-off run
+#   GPU_CHECK_ANCHOR_ARGS  more arguments for benchmarks/gpu_anchors.py (e.g. "--parts natten")
 #   GPU_CHECK_COMMIT  the commit to record when the checkout has no .git
 #   PYTHON            the interpreter (default: python3)
 #   GPU_CHECK_T_<PART> time box of a part in seconds (defaults below)
@@ -54,6 +57,53 @@ box() {
   rc=$?
   note "$name: exit $rc in $((SECONDS - t0)) s (box $secs s)$([ $rc = 124 ] && echo ', TIMED OUT')"
   return $rc
+}
+
+# publish: the tables, the summary and the logs into OUT, after every part (a run stopped from outside keeps
+# what was done)
+publish() {  # publish [quick]: quick leaves the bench tables as they are (no Python start)
+  if [ -f "$W/bench.sqlite" ] && [ "${1:-}" != quick ]; then
+    # every bench cell from the store (also those of a call that was stopped), with the precision and the path
+    # asked for, as one JSON list and one table per precision
+    "$PY" - "$W" >"$W/bench-table.txt" 2>>"$W/logs/bench-results.log" <<'EOF'
+import json, sys
+from pathlib import Path
+from attn_zoo.cli.bench_cmd import render
+from attn_zoo.grid.store import Store
+work = Path(sys.argv[1])
+rows = []
+for cell in Store(work / "bench.sqlite").cells():
+    spec = cell["spec"]
+    rows.append({"cell_id": cell["cell_id"], "label": spec["label"], "status": cell["status"],
+                 "reason": cell["reason"], "img_size": spec["model"]["img_size"],
+                 "batch": spec["measure"]["batch_size"], "backend": spec["model"]["backend"],
+                 "backends": cell["backends"] or [], "precision": "bf16 autocast" if spec["measure"]["amp"] else "float32",
+                 "device": spec["measure"]["device"], "metrics": cell["metrics"], "environment": cell["environment"]})
+(work / "bench-cells.json").write_text(json.dumps(rows, indent=1))
+for precision in ("float32", "bf16 autocast"):
+    part = [r for r in rows if r["precision"] == precision]
+    print(f"\n{precision}: {len(part)} cells, {sum(r['status'] == 'ok' for r in part)} ok")
+    print(render(part))
+EOF
+  fi
+  {
+    echo "# gpu-check $(date -u +%FT%TZ), $((SECONDS - START)) s"
+    echo
+    echo '```'
+    cat "$W/parts.txt"
+    echo '```'
+    for f in env.txt bench-table.txt quick-table.txt; do
+      [ -f "$W/$f" ] && printf '\n## %s\n\n```\n%s\n```\n' "$f" "$(cat "$W/$f")"
+    done
+    [ -f "$W/logs/anchors.log" ] && printf '\n## anchors\n\n%s\n' "$(grep -v WARNING "$W/logs/anchors.log")"
+    [ -f "$W/logs/parity.log" ] && printf '\n## parity (failures and errors)\n\n```\n%s\n```\n' \
+      "$(grep -E '^(FAILED|ERROR)|passed|failed' "$W/logs/parity.log" | tail -60)"
+  } >"$W/summary.md"
+  for f in summary.md env.txt parity-junit.xml bench-cells.json anchors.json quick-rows.json; do
+    [ -f "$W/$f" ] && cp "$W/$f" "$OUT/"
+  done
+  tar -C "$W" --exclude='./inductor' --exclude='./site' --exclude='*.pt' --exclude='*.ckpt' -czf "$OUT/logs.tgz" .
+  return 0
 }
 
 # -- set-up --------------------------------------------------------------------------------------------------
@@ -124,10 +174,9 @@ for mod in ("xformers.ops", "natten"):
         print("import", mod, "FAILED:", type(exc).__name__, str(exc)[:300])
 EOF
   } >"$W/env.txt" 2>&1
-  "${AZ[@]}" list --device "$DEVICE" >"$W/list.txt" 2>&1
-  cat "$W/list.txt" >>"$W/env.txt"
-  "${AZ[@]}" list --device "$DEVICE" --json >"$W/list.json" 2>>"$W/logs/env.log"
+  "${AZ[@]}" list --device "$DEVICE" >>"$W/env.txt" 2>&1
   note "env written"
+  publish
 fi
 
 # -- parity --------------------------------------------------------------------------------------------------
@@ -141,6 +190,7 @@ if [[ " $PARTS " == *" parity "* ]]; then
   box "$T_PARITY" parity "$PY" -m pytest -p no:cacheprovider -q -rA "${XDIST[@]}" -k "$SELECT" \
     --junitxml="$W/parity-junit.xml" "${TESTS[@]}"
   note "parity: $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$W/logs/parity.log" | tail -1)"
+  publish
 fi
 
 # -- bench ---------------------------------------------------------------------------------------------------
@@ -154,27 +204,36 @@ if [[ " $PARTS " == *" bench "* ]]; then
     BENCH+=(--batch 64)
     PLAN_TARGETS=()
   fi
-  "$PY" scripts/gpu_bench_plan.py --device "$DEVICE" "${PLAN_TARGETS[@]}" >"$W/bench/plan.tsv" 2>"$W/logs/plan.log"
-  note "bench plan: $(wc -l <"$W/bench/plan.tsv") groups x float32, bf16"
+  if [ -n "${GPU_CHECK_BENCH_PLAN:-}" ]; then
+    cp "$GPU_CHECK_BENCH_PLAN" "$W/bench/calls.tsv"
+  else
+    "$PY" scripts/gpu_bench_plan.py --device "$DEVICE" "${PLAN_TARGETS[@]}" >"$W/bench/plan.tsv" 2>"$W/logs/plan.log"
+    # non-flex calls in float32 then bf16, then the flex calls (the plan puts them last) in both
+    for pass in fast slow; do
+      for precision in float32 bf16; do
+        while IFS=$'\t' read -r paths targets; do
+          [[ "$paths" == flex* ]] && [ $pass = fast ] && continue
+          [[ "$paths" != flex* ]] && [ $pass = slow ] && continue
+          printf '%s\t%s\t%s\n' "$precision" "$paths" "$targets"
+        done <"$W/bench/plan.tsv"
+      done
+    done >"$W/bench/calls.tsv"
+  fi
+  note "bench: $(wc -l <"$W/bench/calls.tsv") calls"
   BENCH_END=$((SECONDS + T_BENCH))
   i=0
-  # non-flex calls in float32 then bf16, then the flex calls (the plan puts them last) in both
-  for pass in fast slow; do
-    for amp in "" --amp; do
-      while IFS=$'\t' read -r paths targets; do
-        [[ "$paths" == flex* ]] && [ $pass = fast ] && continue
-        [[ "$paths" != flex* ]] && [ $pass = slow ] && continue
-        left=$((BENCH_END - SECONDS))
-        [ $left -lt 10 ] && { note "bench: out of time, skipped: $paths | $targets ${amp:-float32}"; continue; }
-        i=$((i + 1))
-        # shellcheck disable=SC2086  # paths and targets are space-separated lists
-        box "$left" "bench-$i" "${AZ[@]}" bench $targets --backend $paths $amp "${BENCH[@]}"
-        sed -n '/^\[/,$p' "$W/logs/bench-$i.log" >"$W/bench/bench-$i.json"
-        printf '%s\t%s\t%s\n' "${amp:-float32}" "$paths" "$targets" >"$W/bench/bench-$i.meta"
-        note "bench-$i: ${amp:-float32} | $paths | $targets"
-      done <"$W/bench/plan.tsv"
-    done
-  done
+  while IFS=$'\t' read -r precision paths targets; do
+    left=$((BENCH_END - SECONDS))
+    [ $left -lt 10 ] && { note "bench: out of time, skipped: $precision | $paths | $targets"; continue; }
+    i=$((i + 1))
+    amp=()
+    [ "$precision" = bf16 ] && amp=(--amp)
+    # shellcheck disable=SC2086  # paths and targets are space-separated lists
+    box "$left" "bench-$i" "${AZ[@]}" bench $targets --backend $paths "${amp[@]}" "${BENCH[@]}" </dev/null
+    note "bench-$i: $precision | $paths | $targets"
+    publish quick
+  done <"$W/bench/calls.tsv"
+  publish
 fi
 
 # -- anchors -------------------------------------------------------------------------------------------------
@@ -182,7 +241,8 @@ if [[ " $PARTS " == *" anchors "* ]]; then
   ANCHOR=(--device "$DEVICE" --out "$W/anchors.json")
   [ "$DRY" = 1 ] && ANCHOR+=(--batch 1 --rounds 1 --calls 1 --dtypes float32)
   [ "$DRY" = 1 ] || ANCHOR+=(--batch 64 --rounds 3 --calls 5)
-  box "$T_ANCHORS" anchors "$PY" benchmarks/gpu_anchors.py "${ANCHOR[@]}"
+  box "$T_ANCHORS" anchors "$PY" benchmarks/gpu_anchors.py "${ANCHOR[@]}" ${GPU_CHECK_ANCHOR_ARGS:-}
+  publish
 fi
 
 # -- suite ---------------------------------------------------------------------------------------------------
@@ -195,47 +255,6 @@ if [[ " $PARTS " == *" suite "* ]]; then
   "${AZ[@]}" results "$W/quick" --status all --json >"$W/quick-rows.json" 2>>"$W/logs/suite.log"
 fi
 
-# -- collect -------------------------------------------------------------------------------------------------
-if [ -f "$W/bench.sqlite" ]; then
-  # every bench cell from the store (also those of a call that was stopped), with the precision and the path
-  # asked for, as one JSON list and one table per precision
-  "$PY" - "$W" >"$W/bench-table.txt" 2>>"$W/logs/bench-results.log" <<'EOF'
-import json, sys
-from pathlib import Path
-from attn_zoo.cli.bench_cmd import render
-from attn_zoo.grid.store import Store
-work = Path(sys.argv[1])
-rows = []
-for cell in Store(work / "bench.sqlite").cells():
-    spec = cell["spec"]
-    rows.append({"cell_id": cell["cell_id"], "label": spec["label"], "status": cell["status"],
-                 "reason": cell["reason"], "img_size": spec["model"]["img_size"],
-                 "batch": spec["measure"]["batch_size"], "backend": spec["model"]["backend"],
-                 "backends": cell["backends"] or [], "precision": "bf16 autocast" if spec["measure"]["amp"] else "float32",
-                 "device": spec["measure"]["device"], "metrics": cell["metrics"], "environment": cell["environment"]})
-(work / "bench-cells.json").write_text(json.dumps(rows, indent=1))
-for precision in ("float32", "bf16 autocast"):
-    part = [r for r in rows if r["precision"] == precision]
-    print(f"\n{precision}: {len(part)} cells, {sum(r['status'] == 'ok' for r in part)} ok")
-    print(render(part))
-EOF
-fi
-{
-  echo "# gpu-check $(date -u +%FT%TZ), $((SECONDS - START)) s"
-  echo
-  echo '```'
-  cat "$W/parts.txt"
-  echo '```'
-  for f in env.txt bench-table.txt quick-table.txt; do
-    [ -f "$W/$f" ] && printf '\n## %s\n\n```\n%s\n```\n' "$f" "$(cat "$W/$f")"
-  done
-  [ -f "$W/logs/anchors.log" ] && printf '\n## anchors\n\n%s\n' "$(grep -v WARNING "$W/logs/anchors.log")"
-  [ -f "$W/logs/parity.log" ] && printf '\n## parity (failures and errors)\n\n```\n%s\n```\n' \
-    "$(grep -E '^(FAILED|ERROR)|passed|failed' "$W/logs/parity.log" | tail -60)"
-} >"$W/summary.md"
-for f in summary.md env.txt parity-junit.xml bench-cells.json anchors.json quick-rows.json list.json; do
-  [ -f "$W/$f" ] && cp "$W/$f" "$OUT/"
-done
-tar -C "$W" --exclude='./inductor' --exclude='./site' --exclude='*.pt' --exclude='*.ckpt' -czf "$OUT/logs.tgz" .
+publish
 note "done: $(ls "$OUT" | tr '\n' ' ')"
 [ -f "$W/logs/anchors.log" ] && grep -v WARNING "$W/logs/anchors.log" | tail -40
