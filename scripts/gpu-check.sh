@@ -23,6 +23,7 @@
 #   GPU_CHECK_BENCH_PLAN  a file of bench calls to run instead of the full plan, one per line:
 #                     PRECISION<TAB>PATHS<TAB>TARGETS (PRECISION float32 or bf16), e.g. to finish a cut-off run
 #   GPU_CHECK_ANCHOR_ARGS  more arguments for benchmarks/gpu_anchors.py (e.g. "--parts natten")
+#   GPU_CHECK_CALL_CAP  seconds one bench call may take at most (default: what is left of the bench box)
 #   GPU_CHECK_COMMIT  the commit to record when the checkout has no .git
 #   PYTHON            the interpreter (default: python3)
 #   GPU_CHECK_T_<PART> time box of a part in seconds (defaults below)
@@ -225,6 +226,7 @@ if [[ " $PARTS " == *" bench "* ]]; then
   while IFS=$'\t' read -r precision paths targets; do
     left=$((BENCH_END - SECONDS))
     [ $left -lt 10 ] && { note "bench: out of time, skipped: $precision | $paths | $targets"; continue; }
+    [ -n "${GPU_CHECK_CALL_CAP:-}" ] && [ "$left" -gt "$GPU_CHECK_CALL_CAP" ] && left=$GPU_CHECK_CALL_CAP
     i=$((i + 1))
     amp=()
     [ "$precision" = bf16 ] && amp=(--amp)
