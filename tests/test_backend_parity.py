@@ -244,3 +244,19 @@ def test_flex_pads_small_heads_without_changing_the_result(monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     got4 = attention.attention_flex(q[:, 0], k[:, 0], v[:, 0], scale=0.3, bias=bias[:, 0])
     torch.testing.assert_close(got4, want[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_flex_under_a_flop_counter_counts_the_reference_path():
+    """Under FlopCounterMode (``attn-zoo bench``/``count``) flex runs as ``reference``: compiled flex fails
+    under a dispatch mode on CUDA, and the count is of the same attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mixer = attn_zoo.create_mechanism("swin", 16, 2, window=4)
+    x = torch.randn(1, 8, 8, 16)
+    counts = {}
+    for backend in ("reference", "flex"):
+        mixer.set_backend(backend)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            mixer(x)
+        counts[backend] = counter.get_total_flops()
+    assert counts["flex"] == counts["reference"] > 0

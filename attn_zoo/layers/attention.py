@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from attn_zoo.errors import BackendUnavailableError, UnknownNameError
 
@@ -145,6 +146,11 @@ def attention_flex(
     4-D input ``(B, heads, N, d)`` is plain attention (bias read by a ``score_mod``). Other ranks are refused.
     On CPU only the forward runs (torch's flex has no CPU backward): inputs that require grad are an error.
     """
+    if is_in_torch_dispatch_mode(include_infra_modes=False):
+        # counting (FlopCounterMode): compiled flex fails under a dispatch mode (seen on an H200, torch 2.11:
+        # "no implementation found for 'torch.ops.higher_order.flex_attention' ... TransformGetItemToIndex"),
+        # and the count is of the same attention: take the written-out path
+        return attention_reference(q, k, v, scale=scale, bias=bias)
     tensors = (q, k, v) if bias is None else (q, k, v, bias)
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         raise BackendUnavailableError(
