@@ -35,7 +35,10 @@ DENSE_BACKENDS = ("sdpa", "reference")
 # Window attention (Swin, IWSA, GC-ViT): flex's block-diagonal mask on CUDA too; on CPU, 49-token windows
 # run faster as two batched matmuls than through SDPA (benchmarks/results/window-paths-cpu.json)
 WINDOW_BACKENDS = (*DENSE_BACKENDS, "flex", "xformers")
-WINDOW_AUTO_ORDER = {"cpu": ("reference", "sdpa")}
+# CUDA, measured on an H200 (benchmarks/results/gpu-h200.md): sdpa and reference within 3-6% either way at
+# batch 64 (sdpa faster forward, reference faster forward + backward in float32), sdpa with less memory; flex
+# and xformers unmeasured there, so never chosen by auto
+WINDOW_AUTO_ORDER = {"cpu": ("reference", "sdpa"), "cuda": ("sdpa", "reference")}
 
 
 def attention_reference(
