@@ -40,6 +40,8 @@ PARTS=${GPU_CHECK_PARTS:-env parity bench anchors suite}
 DRY=${GPU_CHECK_DRY:-0}
 export PYTHONUNBUFFERED=1 ATTN_ZOO_CACHE="$W/cache" TORCHINDUCTOR_CACHE_DIR="$W/inductor"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# result rows record this commit (a staged copy has no .git of its own)
+[ -n "${GPU_CHECK_COMMIT:-}" ] && export ATTN_ZOO_COMMIT="$GPU_CHECK_COMMIT"
 T_PARITY=${GPU_CHECK_T_PARITY:-100}
 T_BENCH=${GPU_CHECK_T_BENCH:-210}
 T_ANCHORS=${GPU_CHECK_T_ANCHORS:-60}
