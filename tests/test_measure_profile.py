@@ -175,3 +175,10 @@ def test_largest_batch_under_a_memory_cap():
     spec = resolve_measure({"max_batch_mem_mb": 1e-3})
     with pytest.warns(RuntimeWarning, match="batch 1 already exceeds max_batch_mem_mb"):
         assert max_batch_throughput(model, options, torch.device("cpu"), spec) == {"max_batch": 0.0}
+
+
+def test_environment_commit_can_be_named_for_a_copy_without_git(monkeypatch):
+    from attn_zoo.measure.environment import environment
+
+    monkeypatch.setenv("ATTN_ZOO_COMMIT", "abc1234")
+    assert environment("cpu")["commit"] == "abc1234"

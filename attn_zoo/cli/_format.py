@@ -31,6 +31,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def parse_knobs(items: Sequence[str]) -> dict[str, Any]:
+    """``--knob KEY=VALUE`` items (TOML values; ``{ per_stage = [...] }`` for per-stage) -> knob values."""
+    from attn_zoo.backbone.config import parse_knob_value
+    from attn_zoo.cli._args import parse_overrides
+    from attn_zoo.errors import ConfigError
+
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--knob {item!r}: expected KEY=VALUE, e.g. window=4")
+    return {key: parse_knob_value(value) for key, value in parse_overrides(list(items)).items()}
+
+
 def note_problems(store: Any) -> None:
     """Say, one line each on stderr, which malformed rows the last read of ``store`` left out, and whether
     its rows come from more than one version of the code (they are then never aggregated together)."""

@@ -6,9 +6,7 @@ import argparse
 
 from attn_zoo.cli._args import number
 from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
-from attn_zoo.cli.results_cmd import open_store
 from attn_zoo.errors import ConfigError
-from attn_zoo.report.regression import compare_frames
 
 
 def add_parser(sub) -> None:
@@ -38,6 +36,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attn_zoo.cli.results_cmd import open_store
+    from attn_zoo.report.regression import compare_frames
+
     if args.latency_threshold < 0 or args.accuracy_threshold < 0:
         raise ConfigError("--latency-threshold and --accuracy-threshold must be >= 0")
     base, cur = open_store(args.baseline), open_store(args.current)

@@ -6,12 +6,6 @@ import argparse
 from pathlib import Path
 
 from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
-from attn_zoo.cli.results_cmd import find_store
-from attn_zoo.grid.store import Store
-from attn_zoo.report.figures import make_figures
-from attn_zoo.report.plots import resolution_columns
-from attn_zoo.report.style import accuracy_metric
-from attn_zoo.report.tables import NOT_CONVERGED_NOTE, has_unconverged, summary_rows
 
 
 def add_parser(sub) -> None:
@@ -25,6 +19,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attn_zoo.cli.results_cmd import find_store
+    from attn_zoo.grid.store import Store
+    from attn_zoo.report.figures import make_figures
+    from attn_zoo.report.plots import resolution_columns
+    from attn_zoo.report.style import accuracy_metric
+    from attn_zoo.report.tables import NOT_CONVERGED_NOTE, has_unconverged, summary_rows
+
     path = find_store(args.store)
     store = Store(path, readonly=True)  # a report reads only: it never writes to or creates a store
     frame = store.frame(samples=True)

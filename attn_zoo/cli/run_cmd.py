@@ -8,18 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from attn_zoo.cli._args import number
+from attn_zoo.cli._args import number, parse_overrides
 from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
 from attn_zoo.errors import ConfigError
-from attn_zoo.grid.executors import create_executor, executor_names
-from attn_zoo.grid.runner import run_suite
-from attn_zoo.grid.store import SCHEMA_VERSION, Store
-from attn_zoo.grid.suite import load_suite
 from attn_zoo.registry import load_plugin_file
-from attn_zoo.report.tables import NOT_CONVERGED_NOTE, has_unconverged, summary_rows
 
 
 def add_parser(sub) -> None:
+    from attn_zoo.grid.executors import executor_names
+
     p = sub.add_parser("run", help="run a suite file (resumes where a previous run stopped)")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
     p.add_argument(
@@ -95,21 +92,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_overrides(items: list[str]) -> dict:
-    import tomllib
-
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=1")
-        try:
-            overrides[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key] = value  # a bare word is a string
-    return overrides
-
-
 def store_path_for(out: Path, name: str) -> Path:
     """``OUT/NAME.sqlite``, refusing anything that would land outside ``OUT``."""
     path = out / f"{name}.sqlite"
@@ -139,8 +121,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from attn_zoo.grid.runner import work_root_for
+    from attn_zoo.grid.executors import create_executor
+    from attn_zoo.grid.runner import run_suite, work_root_for
+    from attn_zoo.grid.store import SCHEMA_VERSION, Store
+    from attn_zoo.grid.suite import load_suite
     from attn_zoo.paths import allow_writes, cache_dir, make_dir, writable
+    from attn_zoo.report.tables import NOT_CONVERGED_NOTE, has_unconverged, summary_rows
 
     for plugin in args.plugin:
         load_plugin_file(plugin)

@@ -34,6 +34,10 @@ class Mixer(nn.Module):
             from ``backends`` (e.g. window attention of 49 tokens is faster unfused on CPU); measured, see
             docs/backends.md.
         paper: one line naming the paper and the official code it follows.
+        ignores: what the output does not depend on by design, each with the reason, e.g.
+            ``{"channels": "only the first C/2 channels are mixed"}``; keys ``positions``, ``channels``,
+            ``context``. Set it in ``__init__`` instead when it depends on the knobs. The conformance kit's
+            ``dependence`` check exempts these and says so.
     """
 
     name: ClassVar[str] = ""
@@ -42,6 +46,7 @@ class Mixer(nn.Module):
     stage_defaults: ClassVar[Mapping[str, Sequence[Any]]] = {}
     backends: ClassVar[tuple[str, ...]] = ("reference",)
     auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    ignores: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, dim: int, num_heads: int, *, feat_size: tuple[int, int] | None = None):
         super().__init__()

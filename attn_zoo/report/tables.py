@@ -250,6 +250,8 @@ def summary_rows(frame: pd.DataFrame, columns=DEFAULT_COLUMNS) -> tuple[list[str
     throughput show the pooled median ± the half-width of its interval (one seed too), with
     :data:`NOT_CONVERGED` when a seed's timing did not converge; a ``code`` column when versions are mixed."""
     present = [c for c in columns if c[0] in frame.columns and frame[c[0]].notna().any()]
+    if {"budget_error", "budget_target"} <= set(frame.columns):  # no budget (target 0): "-", not "+0.0%"
+        frame = frame.assign(budget_error=frame["budget_error"].where(frame["budget_target"].fillna(0) > 0))
     agg = aggregate(frame, [c[0] for c in present])
     with_variant = "variant" in agg and agg["variant"].astype(str).str.len().gt(0).any()
     with_code = "code" in agg

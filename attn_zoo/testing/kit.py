@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attn_zoo.errors import ConfigError, UnknownNameError
+from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import create_mechanism, get_mechanism, isolated_registry, list_mechanisms, register_mechanism
 
@@ -169,6 +169,22 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}{where(exc)}"
 
 
+# -- helpers the checks share (checks.py, dependence.py) ----------------------------------------------
+def _jitter(*modules: nn.Module | None, scale: float = 0.05) -> None:
+    """Move every parameter off its initial value (zero-initialised ones too), so checks see real values."""
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters() if module is not None else ():
+                if p.is_floating_point():
+                    p.add_(scale * torch.randn_like(p))
+
+
+def _eval(*modules: nn.Module | None) -> None:
+    for module in modules:
+        if module is not None:
+            module.eval()
+
+
 # -- running --------------------------------------------------------------------------------------------
 CheckFn = Callable[[Subject], str]
 _CHECKS: dict[str, tuple[CheckFn, str]] = {}
@@ -251,6 +267,10 @@ def check_mechanism(
         with subject_for(target) as name:
             subject = Subject(name, dict(knobs), dim, num_heads)
             get_mechanism(name).validate(knobs)  # a bad knob is the caller's error, raised before any check
+            try:  # so is a width or head count the mechanism refuses (MSDA: heads a multiple of the dilations)
+                subject.build()
+            except KnobError as exc:
+                raise KnobError(f"attn_zoo.testing: dim {dim} with {num_heads} heads: {exc}") from None
             results = tuple(run_check(subject, c) for c in selected)
     finally:
         torch.set_num_threads(threads)
