@@ -8,7 +8,7 @@ register the built-in ones. It sits at the bottom of the package: it imports not
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Generic, TypeVar
 
 from attn_zoo.errors import UnknownNameError
@@ -16,8 +16,9 @@ from attn_zoo.errors import UnknownNameError
 T = TypeVar("T")
 
 
-class Registry(Mapping[str, T], Generic[T]):
-    """``name -> object``; ``registry[name]`` raises the kind's one-line error for an unknown name."""
+class Registry(MutableMapping[str, T], Generic[T]):
+    """``name -> object`` in registration order; ``registry[name]`` raises the kind's one-line error for an
+    unknown name; ``registry[name] = obj`` is :meth:`add`."""
 
     def __init__(
         self,
@@ -57,11 +58,17 @@ class Registry(Mapping[str, T], Generic[T]):
     def get(self, name: str, default: T | None = None) -> T | None:  # type: ignore[override]
         return self._loaded().get(name, default)
 
+    def __setitem__(self, name: str, obj: T) -> None:
+        self.add(name, obj)
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name]
+
     def __contains__(self, name: object) -> bool:
         return name in self._loaded()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._loaded()))
+        return iter(list(self._loaded()))
 
     def __len__(self) -> int:
         return len(self._loaded())

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
+from attn_zoo.names import Registry
 
 if TYPE_CHECKING:  # imported where used: the CLI reads this module without loading torch
     import importlib.metadata
@@ -135,7 +136,7 @@ class PluginWarning(RuntimeWarning):
     one line instead of a Python warning."""
 
 
-_REGISTRY: dict[str, MechanismSpec] = {}
+_REGISTRY: Registry[MechanismSpec] = Registry("mechanism")  # loaded by _ensure_loaded, not on lookup
 _PLUGIN_ERRORS: dict[str, str] = {}
 _PLUGIN_FILES: dict[Path, list[str]] = {}  # resolved path -> names the file registered
 _LOADED = {"builtins": False, "entry_points": False}

@@ -28,14 +28,20 @@ def test_a_taken_preset_name_is_refused_and_the_same_function_is_not():
     assert "swin_t" in list_presets()
 
 
-def test_load_runs_once_on_the_first_lookup_and_reads_sorted():
+def test_load_runs_once_on_the_first_lookup_and_keeps_registration_order():
     calls = []
     registry: Registry[int] = Registry("thing", load=lambda: calls.append(registry.add("b", 2)))
     registry.add("c", 3)
     assert calls == []  # adding does not load
-    assert list(registry) == ["b", "c"] and registry["b"] == 2 and len(registry) == 2 and calls == [2]
+    assert list(registry) == ["c", "b"] and registry["b"] == 2 and len(registry) == 2 and calls == [2]
     assert registry.get("x") is None and "x" not in registry and calls == [2]
     with pytest.raises(UnknownNameError) as err:
         registry["x"]
     assert str(err.value) == "unknown thing 'x'; allowed: b, c"
-    assert Registry("thing", unique=True).add("a", 1) == 1
+    unique: Registry[object] = Registry("thing", unique=True)
+    unique["a"] = first = object()
+    unique["a"] = first  # the same object again is no conflict
+    with pytest.raises(ValueError, match=r"^thing 'a' is already registered$"):
+        unique["a"] = object()
+    del unique["a"]
+    assert dict(unique) == {}

@@ -60,7 +60,7 @@ def register_executor(name: str) -> Callable[[Callable[..., Executor]], Callable
 
 
 def executor_names() -> list[str]:
-    return list(_EXECUTORS)
+    return sorted(_EXECUTORS)
 
 
 def create_executor(name: str, **options: Any) -> Executor:

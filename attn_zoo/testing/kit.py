@@ -19,6 +19,7 @@ from torch import nn
 
 from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
 from attn_zoo.mechanisms.base import Mixer
+from attn_zoo.names import Registry
 from attn_zoo.registry import create_mechanism, get_mechanism, isolated_registry, list_mechanisms, register_mechanism
 
 BASE_SIZE = (8, 8)  # the stage map of the plain checks: small, and no multiple of Swin's default window 7
@@ -187,7 +188,7 @@ def _eval(*modules: nn.Module | None) -> None:
 
 # -- running --------------------------------------------------------------------------------------------
 CheckFn = Callable[[Subject], str]
-_CHECKS: dict[str, tuple[CheckFn, str]] = {}
+_CHECKS: Registry[tuple[CheckFn, str]] = Registry("conformance check")  # in the order the checks run
 
 
 def check(name: str, fix: str) -> Callable[[CheckFn], CheckFn]:

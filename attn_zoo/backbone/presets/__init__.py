@@ -34,7 +34,7 @@ def register_preset(name: str, doc: str = "") -> Callable[[Callable[[], ModelCon
 
 def list_presets() -> dict[str, str]:
     """``{name: one-line description}``."""
-    return {name: _DOCS[name] for name in _PRESETS}
+    return {name: _DOCS[name] for name in sorted(_PRESETS)}
 
 
 def get_preset(name: str) -> ModelConfig:
