@@ -151,18 +151,28 @@ def call_runner(call: dict, path: str) -> Callable[[], None]:
     return step
 
 
+MIN_MS = 5.0  # one timed sample lasts at least this long: tiny calls are repeated inside it
+
+
 def interleaved(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict]:
-    """Median ms per name and median per-round ratio to the first name; rounds rotate the order."""
+    """Median ms per call and median per-round ratio to the first name; rounds rotate the order. A sample repeats
+    a call ``inner`` times (the same for every name) so that it lasts at least ``MIN_MS``."""
     names = list(steps)
-    for s in steps.values():  # warm-up
+    slowest = 0.0
+    for s in steps.values():  # warm-up, and the length of one call
         s()
+        t0 = time.perf_counter()
+        s()
+        slowest = max(slowest, (time.perf_counter() - t0) * 1e3)
+    inner = max(1, int(MIN_MS / max(slowest, 1e-3)) + 1) if slowest < MIN_MS else 1
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             t0 = time.perf_counter()
-            steps[n]()
-            times[n].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(inner):
+                steps[n]()
+            times[n].append((time.perf_counter() - t0) * 1e3 / inner)
     first = names[0]
     return {
         n: {

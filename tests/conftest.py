@@ -29,3 +29,13 @@ def cifar10_jpeg() -> Path:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def fresh_dispatch():
+    """Forget the dispatch table's cached probes and choices before and after a test that changes what runs."""
+    from attn_zoo.layers import backends
+
+    backends.forget()
+    yield
+    backends.forget()

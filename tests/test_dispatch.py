@@ -63,9 +63,8 @@ def test_a_forced_path_that_cannot_run_fails_with_one_line():
     )
 
 
-def test_availability_means_the_kernel_ran(monkeypatch):
+def test_availability_means_the_kernel_ran(monkeypatch, fresh_dispatch):
     """A path whose kernel fails on the tiny probe is not available, even though its module imports."""
-    monkeypatch.setattr(backends, "_PROBED", {})
     broken = backends.Path(lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("no kernel for this CPU")))
     monkeypatch.setitem(backends.TABLE["cpu"]["dense"], "sdpa", broken)
     reason = backends.unavailable_reason("sdpa", "cpu", "dense")
@@ -78,15 +77,14 @@ def test_availability_means_the_kernel_ran(monkeypatch):
     assert mixer.last_backend == "reference"
 
 
-def test_auto_with_no_path_that_runs_fails_naming_why(monkeypatch):
-    monkeypatch.setattr(backends, "_PROBED", {})
+def test_auto_with_no_path_that_runs_fails_naming_why(monkeypatch, fresh_dispatch):
     for name in ("sdpa", "reference"):
         monkeypatch.setitem(backends.TABLE["cpu"]["dense"], name, backends.Path(lambda *a, **kw: 1 / 0))
     with pytest.raises(BackendUnavailableError, match=r"^global: no attention path runs on cpu \(sdpa: its kernel"):
         attn_zoo.create_mechanism("global", 16, 2)(torch.randn(1, 4, 4, 16))
 
 
-def test_natten_without_a_kernel_for_the_call_is_an_error_not_a_fallback(monkeypatch):
+def test_natten_without_a_kernel_for_the_call_is_an_error_not_a_fallback(monkeypatch, fresh_dispatch):
     class NoKernel:
         HAS_LIBNATTEN = False
 

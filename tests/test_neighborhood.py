@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from attn_zoo.errors import AttnZooError, BackendUnavailableError, MechanismInputError, UnknownNameError
-from attn_zoo.layers import backends
 from attn_zoo.layers import neighborhood as nb
 from attn_zoo.layers.neighborhood import (
     available_backends,
@@ -292,8 +291,7 @@ def test_natten_forward_backward_parity_cuda(size, kernel, dil):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
 
 
-def test_natten_unavailable_is_reported(monkeypatch):
-    monkeypatch.setattr(backends, "_PROBED", {})  # availability is probed once per process: forget it here
+def test_natten_unavailable_is_reported(monkeypatch, fresh_dispatch):
     monkeypatch.setattr(nb, "_natten_tried", True)
     monkeypatch.setattr(nb, "_natten_error", "natten is not importable (ImportError: test)")
     assert available_backends("cpu") == {
@@ -310,11 +308,10 @@ def test_natten_unavailable_is_reported(monkeypatch):
     torch.testing.assert_close(out, want)
 
 
-def test_natten_availability_by_device(monkeypatch):
+def test_natten_availability_by_device(monkeypatch, fresh_dispatch):
     class FakeNatten:
         HAS_LIBNATTEN = False
 
-    monkeypatch.setattr(backends, "_PROBED", {})
     monkeypatch.setattr(nb, "_natten_tried", True)
     monkeypatch.setattr(nb, "_natten_error", None)
     monkeypatch.setattr(nb, "_natten_module", FakeNatten)

@@ -248,10 +248,29 @@ def select(
     which carries a FLOP formula; natten has none and its CPU path refuses dispatch modes): the returned name is
     then ``cpu_fast``, so what is recorded is what runs.
     """
-    from attn_zoo.layers.auto_table import auto_order
-
     device = torch.device(device)
     call = dict(call or {})
+    mode = is_in_torch_dispatch_mode(include_infra_modes=False)
+    key = (requested, tuple(offered), str(device), op, owner, mode, tuple(sorted(call.items())))
+    if key not in _CHOICES:  # the answer depends only on the key: a forward pays for the choice once per shape
+        _CHOICES[key] = _select(requested, offered, device, op, owner, call, mode)
+    return _CHOICES[key]
+
+
+_CHOICES: dict[tuple, str] = {}
+
+
+def forget() -> None:
+    """Drop the cached probes and choices (tests that change the table or what is installed)."""
+    _PROBED.clear()
+    _CHOICES.clear()
+
+
+def _select(
+    requested: str, offered: Sequence[str], device: torch.device, op: str, owner: str, call: dict, mode: bool
+) -> str:
+    from attn_zoo.layers.auto_table import auto_order
+
     paths = _paths(device, op)
     if requested != "auto":
         if requested not in offered:
@@ -259,13 +278,13 @@ def select(
         reason = runs_reason(requested, device, op) or paths[requested].accepts(call)
         if reason is not None:
             raise BackendUnavailableError(f"{owner}: backend {requested!r} cannot run on {device}: {reason}")
-        if requested == "natten" and is_in_torch_dispatch_mode(include_infra_modes=False):
+        if requested == "natten" and mode:
             return "cpu_fast"
         return requested
     why: dict[str, str] = {}
     for name in auto_order(op, device.type, call, [p for p in offered if p in paths]):
         reason = unavailable_reason(name, device, op) or paths[name].accepts(call)
-        if reason is None and name == "natten" and is_in_torch_dispatch_mode(include_infra_modes=False):
+        if reason is None and name == "natten" and mode:
             reason = "no FLOP formula under a dispatch mode"
         if reason is None:
             return name
