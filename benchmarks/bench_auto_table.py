@@ -200,9 +200,11 @@ def measure_rows(calls: list[dict], rounds: int) -> dict[str, list[dict]]:
 
 
 # -- 3. whole models --------------------------------------------------------------------------------------------------
-def model_check(rounds: int) -> list[dict]:
+def model_check(rounds: int, only: list[str] | None = None) -> list[dict]:
     out = []
     for label, build in models().items():
+        if only and label not in only:
+            continue
         torch.manual_seed(0)
         model = build()
         offered = sorted({p for m in model.mixers() for p in m.backends})
@@ -261,6 +263,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="write the table (CPU rows and provenance) here")
     parser.add_argument("--models-json", type=Path, help="also time whole models with auto and forced paths")
     parser.add_argument("--skip-calls", action="store_true", help="only the model check (table already written)")
+    parser.add_argument("--only", nargs="+", metavar="MODEL", help="model check of these models only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     command = "PYTHONPATH=. python benchmarks/bench_auto_table.py " + " ".join(sys.argv[1:])
@@ -284,7 +287,8 @@ def main() -> None:
         from attn_zoo.layers import auto_table
 
         auto_table.load.cache_clear()
-        result = {"provenance": provenance(command), "models": model_check(args.rounds)}
+        backends.forget()  # choices made while recording the calls used the table as it was then
+        result = {"provenance": provenance(command), "models": model_check(args.rounds, args.only)}
         args.models_json.write_text(json.dumps(result, indent=1) + "\n")
 
 
