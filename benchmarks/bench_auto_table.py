@@ -2,7 +2,9 @@
 
 1. **Calls.** Every attention call of the paper presets (batch 1, forward) and of the 32x32 harness ``zoo_s32``
    with each mechanism (the quick suite's knobs; batch 1 forward, and batch 64 forward + backward as in training)
-   is recorded by a spy on the dispatch (``attn_zoo.layers.backends.run``): the exact q/k/v/bias shapes.
+   is recorded by a spy on the dispatch (``attn_zoo.layers.backends.run``): the exact q/k/v/bias shapes and
+   strides (views of a qkv projection, an expanded global query, a broadcast bias), so the paths are timed on
+   tensors laid out as in the model.
 2. **Paths per call.** For each distinct call, every path usable here (``reference`` / ``sdpa`` for dense
    attention, ``reference`` / ``cpu_fast`` for neighbourhood attention) is timed on fresh tensors of those shapes,
    interleaved in every round (the order rotates), forward under ``no_grad`` or forward + backward. The row keeps
@@ -82,6 +84,7 @@ def record_calls(model: torch.nn.Module, batch: int, train: bool) -> list[dict]:
             kernel, dil, _scale, border = args[3:7]
             call = nb.na_call(q, border, kernel)
             call.update(shapes=[list(t.shape) for t in (q, k, v)], dilation=list(dil), kernel=list(kernel))
+            call["strides"] = [list(t.stride()) for t in (q, k, v)]
         call["op"] = op
         calls.append(call)
         return real(op, name, device, *args, **kwargs)
@@ -120,10 +123,19 @@ def call_runner(call: dict, path: str) -> Callable[[], None]:
     """A closure running ``path`` on fresh tensors of the call's shapes (forward, or forward + backward)."""
     g = torch.Generator().manual_seed(0)
     grad = bool(call["grad"])
-    q, k, v = (torch.randn(s, generator=g).requires_grad_(grad) for s in call["shapes"])
+    leaves: list[torch.Tensor] = []
+
+    def laid_out(shape: list[int], stride: list[int]) -> torch.Tensor:
+        """A tensor of ``shape`` with the model's ``stride`` (a view of a fresh leaf when grad is needed)."""
+        size = 1 + sum((n - 1) * st for n, st in zip(shape, stride))
+        base = torch.randn(size, generator=g).requires_grad_(grad)
+        leaves.append(base)
+        return base.as_strided(shape, stride)
+
+    q, k, v = (laid_out(s, st) for s, st in zip(call["shapes"], call["strides"]))
     fn = backends.TABLE["cpu"][call["op"]][path].run
     if call["op"] == "dense":
-        bias = torch.randn(call["bias_shape"], generator=g).requires_grad_(grad) if call["bias_shape"] else None
+        bias = laid_out(call["bias_shape"], call["bias_stride"]) if call["bias_shape"] else None
 
         def forward():  # type: ignore[no-untyped-def]
             return fn(q, k, v, scale=0.2, bias=bias)
@@ -145,7 +157,7 @@ def call_runner(call: dict, path: str) -> Callable[[], None]:
         if weights is None:
             weights = torch.linspace(-1, 1, out.numel()).view_as(out)
         (out * weights).sum().backward()
-        for t in (q, k, v):
+        for t in leaves:
             t.grad = None
 
     return step
