@@ -77,14 +77,14 @@ def record_calls(model: torch.nn.Module, batch: int, train: bool) -> list[dict]:
         if op == "dense":
             bias = kwargs.get("bias")
             call = dense_call(q, k, v, bias)
-            call.update(
-                shapes=[list(t.shape) for t in (q, k, v)], bias_shape=list(bias.shape) if bias is not None else None
-            )
+            call["bias_shape"] = list(bias.shape) if bias is not None else None
+            call["bias_stride"] = list(bias.stride()) if bias is not None else None
         else:
             kernel, dil, _scale, border = args[3:7]
             call = nb.na_call(q, border, kernel)
-            call.update(shapes=[list(t.shape) for t in (q, k, v)], dilation=list(dil), kernel=list(kernel))
-            call["strides"] = [list(t.stride()) for t in (q, k, v)]
+            call.update(dilation=list(dil), kernel=list(kernel))
+        call["shapes"] = [list(t.shape) for t in (q, k, v)]
+        call["strides"] = [list(t.stride()) for t in (q, k, v)]
         call["op"] = op
         calls.append(call)
         return real(op, name, device, *args, **kwargs)
