@@ -35,6 +35,7 @@ DIM, HEADS, SIDE, R_N, R_C, BATCH = 64, 2, 56, 8, 1.25, 8
 def load_official(path: Path):  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("scalablevit_official", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # timm's register_model looks the module up
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module.SSA
 
