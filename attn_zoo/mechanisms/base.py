@@ -156,10 +156,15 @@ class NeighborhoodMixer(Mixer):
         super().set_backend(backend)
 
     def pick_backend(self, x: torch.Tensor, call: Mapping[str, Any] | None = None) -> str:
-        """The path of the neighbourhood calls on ``x`` (``call`` defaults to this mixer's window on ``x``'s map)."""
+        """The path of the neighbourhood calls on ``x`` (``call`` defaults to this mixer's kernel calls on ``x``)."""
         if call is None:
             kernel = tuple(self.kernel) if not isinstance(self.kernel, int) else (self.kernel, self.kernel)
-            B, H, W = x.shape[:3]
-            call = {"n_q": H * W, "n_k": kernel[0] * kernel[1], "head_dim": self.head_dim, "seqs": B * self.num_heads}
+            seqs, tokens = self.neighborhood_call_size(*x.shape[:3])
+            call = {"n_q": tokens, "n_k": kernel[0] * kernel[1], "head_dim": self.head_dim, "seqs": seqs}
             call.update(border=self.border, kernel=kernel, grad=torch.is_grad_enabled() and x.requires_grad)
         return super().pick_backend(x, call)
+
+    def neighborhood_call_size(self, batch: int, height: int, width: int) -> tuple[int, int]:
+        """``(sequences, tokens)`` of one kernel call for a ``batch x height x width`` input: ``B * heads`` maps of
+        ``H * W`` tokens (MSDA calls once per dilation group, MSA-Conv on an inter-pooled grid: they override)."""
+        return batch * self.num_heads, height * width
