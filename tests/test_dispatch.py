@@ -129,3 +129,14 @@ def test_the_shape_table_says_where_it_comes_from():
     for key in ("command", "machine", "date", "commit", "threads"):
         assert provenance.get(key), key
     assert auto_table.default_order("dense", "cuda")  # the CUDA section the lead updates from a GPU run
+
+
+def test_cuda_auto_follows_the_per_mechanism_order_of_the_table():
+    """No CUDA rows yet: each mechanism's own list in the CUDA section decides (what a GPU measurement replaces)."""
+    section = auto_table.load()["cuda"]
+    for op in ("dense", "neighborhood"):
+        for mechanism, order in section[op]["by_mechanism"].items():
+            offered = attn_zoo.list_mechanisms()[mechanism].backends
+            got = auto_table.auto_order(op, "cuda", {"n_q": 49, "n_k": 49, "head_dim": 32}, offered, mechanism)
+            assert got[: len(order)] == tuple(p for p in order if p in offered), mechanism
+    assert auto_table.auto_order("dense", "cuda", {}, ("reference", "sdpa"), "a_plugin") == ("sdpa", "reference")

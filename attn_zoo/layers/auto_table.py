@@ -9,8 +9,8 @@ shape: ``n_q`` queries and ``n_k`` keys per query of one sequence, ``seqs`` sequ
 ``auto`` takes the row nearest to the call (same bias, gradient and border flags when such rows exist; distance:
 the sum of ``|log ratio|`` of ``n_k``, ``head_dim``, ``v_dim``, ``n_q`` and ``seqs``) and tries its paths
 fastest first (by ``rel``), then the mechanism's other paths in the device's default order. A device type or op
-without rows uses that default order (the CUDA section: a measured per-mechanism order is to be filled in from a
-GPU run).
+without rows uses that default order, or the mechanism's own under ``by_mechanism`` (the CUDA section holds
+today's per-mechanism CUDA order there, to be replaced by a measured one from a GPU run).
 
 The table's provenance (command, machine, date, commit) is in its ``provenance`` key and in docs/backends.md;
 ``benchmarks/bench_auto_table.py`` measures it.
@@ -52,19 +52,24 @@ def nearest_row(op: str, device_type: str, call: Mapping[str, Any]) -> dict[str,
     return min(rows, key=distance)
 
 
-def default_order(op: str, device_type: str) -> tuple[str, ...]:
-    """The order for ``op`` on ``device_type`` when no measured row applies."""
-    return tuple(load().get(device_type, {}).get(op, {}).get("default", ()))
+def default_order(op: str, device_type: str, mechanism: str | None = None) -> tuple[str, ...]:
+    """The order for ``op`` on ``device_type`` when no measured row applies: the mechanism's own entry under
+    ``by_mechanism`` when there is one (the CUDA section), else the op's ``default``."""
+    section = load().get(device_type, {}).get(op, {})
+    own = section.get("by_mechanism", {}).get(mechanism or "")
+    return tuple(own if own else section.get("default", ()))
 
 
-def auto_order(op: str, device_type: str, call: Mapping[str, Any], offered: Sequence[str]) -> tuple[str, ...]:
+def auto_order(
+    op: str, device_type: str, call: Mapping[str, Any], offered: Sequence[str], mechanism: str | None = None
+) -> tuple[str, ...]:
     """The paths ``auto`` tries for ``call``, restricted to ``offered``: the nearest row's paths fastest first, then
-    the default order, then any other offered path."""
+    the mechanism's or the op's default order, then any other offered path."""
     row = nearest_row(op, device_type, call)
     speed = (row.get("rel") or row["ms"]) if row else {}
     measured = sorted(speed, key=speed.get)
     order: list[str] = []
-    for name in (*measured, *default_order(op, device_type), *offered):
+    for name in (*measured, *default_order(op, device_type, mechanism), *offered):
         if name in offered and name not in order:
             order.append(name)
     return tuple(order)

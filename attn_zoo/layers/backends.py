@@ -275,6 +275,11 @@ def _select(
     if requested != "auto":
         if requested not in offered:
             raise UnknownNameError(f"backend for {owner}", requested, ("auto", *offered))
+        if requested not in paths:
+            raise BackendUnavailableError(
+                f"{owner}: backend {requested!r} cannot run on {device}: the dispatch table has no {op} path "
+                f"{requested!r} for {device.type} (it has {', '.join(paths)})"
+            )
         reason = runs_reason(requested, device, op) or paths[requested].accepts(call)
         if reason is not None:
             raise BackendUnavailableError(f"{owner}: backend {requested!r} cannot run on {device}: {reason}")
@@ -282,7 +287,7 @@ def _select(
             return "cpu_fast"
         return requested
     why: dict[str, str] = {}
-    for name in auto_order(op, device.type, call, [p for p in offered if p in paths]):
+    for name in auto_order(op, device.type, call, [p for p in offered if p in paths], owner):
         reason = unavailable_reason(name, device, op) or paths[name].accepts(call)
         if reason is None and name == "natten" and mode:
             reason = "no FLOP formula under a dispatch mode"

@@ -89,7 +89,7 @@ class Mixer(nn.Module):
         """The order ``backend="auto"`` tries on ``device`` for a call like ``call`` (the shape table's order)."""
         from attn_zoo.layers.auto_table import auto_order
 
-        return auto_order(cls.op, torch.device(device).type, dict(call or {}), cls.backends)
+        return auto_order(cls.op, torch.device(device).type, dict(call or {}), cls.backends, cls.name)
 
     def attention_macs(self, height: int, width: int) -> int:
         """Analytic multiply-accumulates of this mixer for one image at a ``height x width`` stage map."""
