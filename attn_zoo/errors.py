@@ -37,3 +37,7 @@ class MechanismInputError(AttnZooError, ValueError):
 
 class BackendUnavailableError(AttnZooError, RuntimeError):
     """A forced backend that cannot run on this machine; the message says why."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C (cells handed back, temporary files removed), exit status 143."""

@@ -39,3 +39,24 @@ def fresh_dispatch():
     backends.forget()
     yield
     backends.forget()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Generated data and caches of the tests go to a temporary cache directory, not the user's."""
+    if os.environ.get("ATTN_ZOO_CACHE"):
+        yield
+        return
+    os.environ["ATTN_ZOO_CACHE"] = str(tmp_path_factory.mktemp("attn_zoo_cache"))
+    yield
+    os.environ.pop("ATTN_ZOO_CACHE", None)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one thread: tiny models train faster so, and far faster on a busy machine (no OpenMP
+    spin-waits). Opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

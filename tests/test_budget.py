@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from attn_zoo.backbone.config import MixerSpec
 from attn_zoo.backbone.presets import resolve_config
@@ -13,13 +12,7 @@ from attn_zoo.grid.suite import load_suite
 from attn_zoo.registry import PerStage
 from attn_zoo.train.budget import Budget, BudgetOutOfReach, budget_metric, match_budget, scale_width
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def zoo(mechanism: str, **changes):

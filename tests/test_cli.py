@@ -96,6 +96,18 @@ def test_bench_backend_is_forced_and_recorded_in_the_row_and_the_store(backend, 
     assert cell["backends"] == expected and cell["spec"]["model"]["backend"] == (backend or "auto")
 
 
+@pytest.mark.usefixtures("_restore_threads")
+def test_bench_takes_several_paths_one_cell_each(capsys):
+    argv = ["bench", "swin", *BENCH_FAST, "--backend", "auto", "reference", "sdpa", "--no-store", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["backend"], r["backends"]) for r in rows] == [
+        ("auto", ["reference"]),
+        ("reference", ["reference"]),
+        ("sdpa", ["sdpa"]),
+    ]
+
+
 def test_count_backend_is_forced_and_reported(capsys):
     argv = ["count", "zoo_s32", "--mechanism", "msda", "--img-size", "32", "--backend", "reference", "--json"]
     assert main(argv) == 0

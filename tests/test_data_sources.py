@@ -180,7 +180,6 @@ def test_generated_val_is_its_own_split():
 
 
 def test_pathfinder_source():
-    pytest.importorskip("attn_zoo.train.pathfinder", reason="attn_zoo/train/pathfinder.py is not merged yet")
     data = make({"source": "pathfinder", "train_size": 16, "val_size": 8, "test_size": 8, "augment": "flip"})
     assert data.info["num_classes"] == 2 and data.info["in_chans"] == 1
     assert sorted(collections.Counter(data.train_set.targets).values()) == [8, 8]

@@ -132,11 +132,11 @@ def test_the_shape_table_says_where_it_comes_from():
 
 
 def test_cuda_auto_follows_the_per_mechanism_order_of_the_table():
-    """No CUDA rows yet: each mechanism's own list in the CUDA section decides (what a GPU measurement replaces)."""
+    """No CUDA rows yet: each mechanism's own list in the CUDA section (measured on an H200) decides, exhaustively."""
     section = auto_table.load()["cuda"]
     for op in ("dense", "neighborhood"):
         for mechanism, order in section[op]["by_mechanism"].items():
             offered = attn_zoo.list_mechanisms()[mechanism].backends
             got = auto_table.auto_order(op, "cuda", {"n_q": 49, "n_k": 49, "head_dim": 32}, offered, mechanism)
-            assert got[: len(order)] == tuple(p for p in order if p in offered), mechanism
+            assert got == tuple(p for p in order if p in offered), mechanism  # flex, xformers: not in the lists
     assert auto_table.auto_order("dense", "cuda", {}, ("reference", "sdpa"), "a_plugin") == ("sdpa", "reference")

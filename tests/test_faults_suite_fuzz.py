@@ -188,3 +188,69 @@ def test_run_with_a_bad_suite_writes_nothing(tmp_path, capsys, text):
     err = capsys.readouterr().err
     assert err.startswith(f"attn-zoo: error: {path}: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def _load_one_line(doc: dict, overrides: dict | None = None) -> str | None:
+    """``load_suite`` on ``doc``: None when valid, else the error's text, which must be one line naming the file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "suite.toml"
+        path.write_text(to_toml(doc))
+        try:
+            load_suite(path, overrides)
+        except SuiteError as exc:
+            text = str(exc)
+            assert text.startswith(f"{path}: ") and "\n" not in text and "Traceback" not in text, text
+            return text
+    return None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(values, min_size=1, max_size=3), st.booleans())
+def test_fuzzed_mechanism_lists_in_the_file_or_through_set_are_one_line(mechanisms, through_set):
+    """Tables, lists and numbers where mechanism names go (issue 21: ``[{a = 1}]`` raised a TypeError)."""
+    doc = copy.deepcopy(BASE)
+    doc["grid"]["knobs.window"] = [4]
+    overrides = None
+    if through_set:
+        overrides = {"grid.mechanism": mechanisms}
+    else:
+        doc["grid"]["mechanism"] = mechanisms
+    text = _load_one_line(doc, overrides)
+    if not all(isinstance(m, str) for m in mechanisms):
+        assert text is not None and "[grid.mechanism]" in text
+
+
+NUMBER_KEYS = [
+    ("train", "steps"),
+    ("train", "epochs"),
+    ("train", "batch_size"),
+    ("train", "lr"),
+    ("train", "warmup_fraction"),
+    ("model", "img_size"),
+    ("model", "mlp_ratio"),
+    ("data", "train_size"),
+    ("budget", "target"),
+    ("measure", "repeats"),
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(NUMBER_KEYS),
+    st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True, allow_infinity=True)),
+)
+def test_fuzzed_numbers_are_refused_in_one_line_or_accepted_within_a_year(where, value):
+    """Any number in [train], [model], [data], [budget], [measure]: one line, or a suite whose step count fits
+    in a year (issue 21)."""
+    from attn_zoo.grid.checks import MIN_STEP_S, YEAR_S
+
+    section, key = where
+    doc = copy.deepcopy(BASE)
+    if key == "epochs":
+        doc["train"].pop("steps")
+    doc[section][key] = value
+    text = _load_one_line(doc)
+    if text is None and key == "steps":
+        assert 1 <= value <= YEAR_S / MIN_STEP_S
+    if isinstance(value, float) and not math.isfinite(value):
+        assert text is not None  # NaN or infinity: refused

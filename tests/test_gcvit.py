@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import requires_cuda
 from torch.utils.flop_counter import FlopCounterMode
 
 import attn_zoo
@@ -16,7 +17,6 @@ from attn_zoo.measure.counting import analytic_attention_macs, count_model
 from attn_zoo.mechanisms.gcvit import GCViTAttention, GlobalQueryGenerator, pooling_levels
 
 timm = pytest.importorskip("timm")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def narrow_xxt(img_size: int, **changes):

@@ -10,11 +10,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 
 import attn_zoo.measure.latency as latency
 from attn_zoo.measure.latency import LATENCY_KEYS, bootstrap_median_ci, measure_latency, summarize
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def scripted(monkeypatch, durations):

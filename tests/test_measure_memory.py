@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import requires_cuda
 from torch import nn
 
 from attn_zoo.backbone.presets import resolve_config
@@ -12,7 +13,6 @@ from attn_zoo.errors import ConfigError
 from attn_zoo.measure.memory import measure_memory, reset_peak_rss, resolve_method, weights_mb
 from attn_zoo.measure.steps import StepOptions
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 requires_rss_reset = pytest.mark.skipif(not reset_peak_rss(), reason="needs Linux's resettable peak RSS")
 
 

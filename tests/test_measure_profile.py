@@ -69,7 +69,9 @@ def test_measure_model_writes_every_documented_column(tmp_path):
     assert expected <= set(metrics)
     undocumented = [k for k in metrics if not documented(k)]
     assert not undocumented, f"metrics missing from METRIC_DOCS / docs/measurement.md: {undocumented}"
-    assert all(isinstance(v, float | int) for v in metrics.values())
+    # every value a number, but the timed calls of each mode (a list the store keeps as samples)
+    assert all(isinstance(v, float | int) for k, v in metrics.items() if not k.endswith("_times_ms"))
+    assert [len(metrics[f"latency_{m}_times_ms"]) for m in ("fwd", "fwdbwd", "train")] == [2, 2, 2]
     assert metrics["latency_median_ms"] == metrics["latency_fwd_median_ms"]
     assert metrics["attention_macs_formula"] == metrics["attention_macs"]
     assert metrics["tokens"] == 16 * 16
@@ -186,3 +188,10 @@ def test_training_efficiency_of_a_trained_cell(monkeypatch):
     got = eff.training_efficiency(row, "cpu", "float32")
     assert got == {"train_gflops_achieved": 40.0, "matmul_peak_gflops": 80.0, "train_peak_fraction": 0.5}
     assert eff.training_efficiency({"train_time_s": 1.0}) == {}
+
+
+def test_environment_commit_can_be_named_for_a_copy_without_git(monkeypatch):
+    from attn_zoo.measure.environment import environment
+
+    monkeypatch.setenv("ATTN_ZOO_COMMIT", "abc1234")
+    assert environment("cpu")["commit"] == "abc1234"

@@ -16,13 +16,7 @@ from attn_zoo.train.checkpoint import CheckpointError, load_checkpoint, save_che
 from attn_zoo.train.recipe import TrainConfig, evaluate, fit, seed_everything
 from attn_zoo.train.run import checkpoint_path_for, prepare_data, run_training
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -22,14 +22,7 @@ from attn_zoo.train.recipe import (
 )
 from attn_zoo.train.run import run_training
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models train faster on one thread, and far faster on a busy machine (no OpenMP spin-waits)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = {"dims": [12, 24, 48, 96], "depths": [2, 2, 2, 2], "drop_path_rate": 0.1}

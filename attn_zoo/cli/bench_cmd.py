@@ -20,6 +20,7 @@ from typing import Any
 
 from attn_zoo.backbone.config import MixerSpec, parse_knob_value
 from attn_zoo.backbone.presets import get_preset, list_presets
+from attn_zoo.cli._args import number
 from attn_zoo.cli._format import print_json, table
 from attn_zoo.errors import AttnZooError, ConfigError, UnknownNameError
 from attn_zoo.measure.environment import environment
@@ -35,32 +36,56 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="latency, throughput, memory and MACs of presets or mechanisms")
     p.add_argument("targets", nargs="+", metavar="TARGET", help="preset or mechanism names (see `attn-zoo list`)")
     p.add_argument("--preset", default="zoo_224", help="harness a mechanism TARGET runs in (default: zoo_224)")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, help="input sides (default: the preset's)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default: 1)")
+    p.add_argument(
+        "--img-size", type=number(8, integer=True), nargs="+", default=None, help="input sides (default: the preset's)"
+    )
+    p.add_argument("--batch", type=number(1, integer=True), nargs="+", default=[1], help="batch sizes (default: 1)")
     p.add_argument("--mode", nargs="+", choices=MODES, default=["fwd"], help="what to time (default: fwd)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE", help="mechanism knob (TOML value)")
-    p.add_argument("--num-classes", type=int, default=None, help="head size (default: the preset's)")
+    p.add_argument(
+        "--num-classes", type=number(1, integer=True), default=None, help="head size (default: the preset's)"
+    )
     g = p.add_argument_group("where and how")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     g.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    g.add_argument("--backend", default=None, metavar="NAME", help="force one attention path (see `attn-zoo list`)")
-    g.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice, recorded)")
+    g.add_argument(
+        "--backend",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="force attention paths, one cell each (auto or a name from `attn-zoo list`; default: auto)",
+    )
+    g.add_argument(
+        "--threads", type=number(1, 4096, integer=True), default=None, help="torch threads (default: torch's choice)"
+    )
     g.add_argument("--amp", action="store_true", help="autocast to bfloat16")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--channels-last", action="store_true", help="channels-last image and conv weights")
     g = p.add_argument_group("latency stopping rule")
-    g.add_argument("--warmup", type=int, default=3)
-    g.add_argument("--repeats", type=int, default=0, help="exactly this many timed calls (default: adaptive)")
-    g.add_argument("--min-repeats", type=int, default=5)
-    g.add_argument("--max-repeats", type=int, default=200)
-    g.add_argument("--time-cap", type=float, default=10.0, help="seconds of timed calls per mode (default: 10)")
-    g.add_argument("--target-ci", type=float, default=0.02, help="median's 95%% CI half-width (default: 0.02)")
+    g.add_argument("--warmup", type=number(0, integer=True), default=3)
+    g.add_argument(
+        "--repeats", type=number(0, integer=True), default=0, help="exactly this many timed calls (default: adaptive)"
+    )
+    g.add_argument("--min-repeats", type=number(1, integer=True), default=5)
+    g.add_argument("--max-repeats", type=number(1, integer=True), default=200)
+    g.add_argument(
+        "--time-cap",
+        type=number(0, low_open=True, unit="seconds"),
+        default=10.0,
+        help="seconds of timed calls per mode (default: 10)",
+    )
+    g.add_argument(
+        "--target-ci",
+        type=number(0, 1, low_open=True),
+        default=0.02,
+        help="median's 95%% CI half-width (default: 0.02)",
+    )
     g = p.add_argument_group("what else")
     g.add_argument("--no-count", action="store_true", help="skip MACs / FLOPs")
     g.add_argument("--fvcore", action="store_true", help="add fvcore's count as a cross-check column")
     g.add_argument("--no-memory", action="store_true", help="skip peak memory")
     g.add_argument("--memory-method", default="auto", choices=METHODS)
-    g.add_argument("--max-batch-mem-mb", type=float, default=0.0, help="find the largest batch under this peak")
+    g.add_argument("--max-batch-mem-mb", type=number(0), default=0.0, help="find the largest batch under this peak")
     g.add_argument("--no-efficiency", action="store_true", help="skip achieved GFLOP/s and the matmul peak")
     g.add_argument("--erf", action="store_true", help="effective receptive field radii (untrained model)")
     p.add_argument("--store", default="results/bench.sqlite", help="results store (default: results/bench.sqlite)")
@@ -105,7 +130,7 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
     run_id = uuid.uuid4().hex[:12]
     measure_base = {
         "device": args.device,
-        "threads": args.threads,
+        "threads": args.threads or 0,  # 0: torch's choice
         "dtype": args.dtype,
         "amp": args.amp,
         "compile": args.compile,
@@ -134,28 +159,33 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
             config = config.replace(mixer=MixerSpec(target, knobs))
         if args.num_classes is not None:
             config = config.replace(num_classes=args.num_classes)
-        if args.backend is not None:
-            config = config.replace(backend=args.backend).validate()
-            config.check_backend_runs(args.device)  # before any cell is timed or written
-        for img_size in args.img_size or [config.img_size]:
-            sized = config.replace(img_size=img_size).validate()
-            for batch in args.batch:
-                measure = resolve_measure({**measure_base, "batch_size": batch})
-                cells.append(
-                    {
-                        "label": target,
-                        "mechanism": "+".join(sized.mechanisms()),
-                        "preset": preset,
-                        "knobs": MixerSpec(target, knobs if is_mechanism else {}).to_dict()["knobs"],
-                        "model": sized.to_dict(),
-                        "data": None,
-                        "train": None,
-                        "budget": None,
-                        "measure": measure,
-                        "seed": 0,
-                        "bench_run": run_id,  # every invocation is new rows: repeated runs stay comparable
-                    }
-                )
+        forced = []
+        for backend in args.backend or [None]:
+            if backend is None:
+                forced.append(config)
+                continue
+            forced.append(config.replace(backend=backend).validate())
+            forced[-1].check_backend_runs(args.device)  # before any cell is timed or written
+        for path_config in forced:
+            for img_size in args.img_size or [config.img_size]:
+                sized = path_config.replace(img_size=img_size).validate()
+                for batch in args.batch:
+                    measure = resolve_measure({**measure_base, "batch_size": batch})
+                    cells.append(
+                        {
+                            "label": target,
+                            "mechanism": "+".join(sized.mechanisms()),
+                            "preset": preset,
+                            "knobs": MixerSpec(target, knobs if is_mechanism else {}).to_dict()["knobs"],
+                            "model": sized.to_dict(),
+                            "data": None,
+                            "train": None,
+                            "budget": None,
+                            "measure": measure,
+                            "seed": 0,
+                            "bench_run": run_id,  # every invocation is new rows: repeated runs stay comparable
+                        }
+                    )
     return cells
 
 
@@ -168,6 +198,11 @@ def run(args: argparse.Namespace) -> int:
     from attn_zoo.grid.suite import Cell
 
     cells = build_cells(args)
+    if not args.no_store:  # the store's directory is the one place bench writes
+        from attn_zoo.paths import allow_writes, make_dir
+
+        allow_writes(Path(args.store).parent)
+        make_dir(Path(args.store).parent)
     store = None if args.no_store else Store(args.store)
     command = "attn-zoo " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     ids = [Cell(c).cell_id for c in cells]
@@ -201,10 +236,12 @@ def run(args: argparse.Namespace) -> int:
             metrics["cell_wall_s"] = time.perf_counter() - start
             env = environment(args.device, args.dtype)
             if store is not None:
-                store.finish_cell(cell_id, status, metrics, reason, env, backends)
+                from attn_zoo.grid.provenance import cell_code
+
+                store.finish_cell(cell_id, status, metrics, reason, env, backends, code=cell_code(cell))
             rows.append({"cell_id": cell_id, "label": cell["label"], "status": status, "reason": reason,
-                         "img_size": config.img_size, "batch": measure["batch_size"], "backends": backends,
-                         "metrics": metrics, "environment": env})  # fmt: skip
+                         "img_size": config.img_size, "batch": measure["batch_size"], "backend": config.backend,
+                         "backends": backends, "metrics": metrics, "environment": env})  # fmt: skip
     finally:
         if store is not None and run_id is not None:
             store.finish_run(run_id)
@@ -219,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
 
 def render(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of the bench rows (the numbers with their spread)."""
-    headers = ["target", "img", "batch", "GMACs", "attn GMACs", "mode", "median ms", "IQR", "p95", "n", "CI", "img/s"]
+    headers = ["target", "path", "img", "batch", "GMACs", "attn GMACs", "mode", "median ms", "IQR", "p95", "n", "CI"]
+    headers += ["img/s"]
     headers += ["mem MiB", "GFLOP/s", "of peak"]
     lines = []
     for row in rows:
@@ -233,6 +271,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 [
                     row["label"] if row["status"] == "ok" else f"{row['label']} ({row['status']})",
+                    _path(row),
                     row["img_size"],
                     row["batch"],
                     _f(m.get("macs"), 1e-9, "{:.3f}"),
@@ -250,9 +289,16 @@ def render(rows: list[dict[str, Any]]) -> str:
                 ]
             )
     note = (
-        "\n(* the median's CI did not reach the target before the time cap)" if any("*" in r[10] for r in lines) else ""
+        "\n(* the median's CI did not reach the target before the time cap)" if any("*" in r[11] for r in lines) else ""
     )
     return table(headers, lines) + note
+
+
+def _path(row: dict[str, Any]) -> str:
+    """The path asked for and, when that was ``auto``, the paths it took: ``auto>sdpa``."""
+    asked = row.get("backend") or "auto"
+    ran = ",".join(row.get("backends") or [])
+    return f"{asked}>{ran}" if asked == "auto" and ran else asked
 
 
 def _f(value: Any, scale: float, fmt: str) -> str:

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from attn_zoo.backbone.presets import list_presets
 from attn_zoo.cli._format import print_json
-from attn_zoo.layers.backends import availability
-from attn_zoo.registry import list_mechanisms, plugin_errors
 
 
 def add_parser(sub) -> None:
@@ -17,13 +12,17 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
+        default=None,
         help="device to check attention paths against (default: this machine's best)",
     )
     p.set_defaults(func=run)
 
 
 def collect(device: str) -> dict:
+    from attn_zoo.backbone.presets import list_presets
+    from attn_zoo.layers.backends import availability
+    from attn_zoo.registry import list_mechanisms, plugin_errors
+
     mechanisms = {}
     for name, spec in list_mechanisms().items():
         mechanisms[name] = {
@@ -52,7 +51,12 @@ def _auto(order: tuple[str, ...], device: str, op: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = collect(args.device)
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = collect(device)
     if args.json:
         print_json(info)
         return 0
@@ -73,6 +77,4 @@ def run(args: argparse.Namespace) -> int:
     print("Presets:")
     for name, doc in info["presets"].items():
         print(f"    {name}: {doc}")
-    for err in info["plugin_errors"].values():
-        print(f"\nwarning: {err}")
     return 0

@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 
 from attn_zoo.errors import ConfigError
-from attn_zoo.registry import list_mechanisms
 
 # template file -> path in the project ({package} and {name} filled in)
 FILES = {
@@ -50,6 +49,8 @@ def scaffold(name: str, parent: str | Path = ".", force: bool = False) -> list[P
     """Write the project for mechanism ``name`` under ``parent``; return the files written."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name.endswith("_") or "__" in name:
         raise ConfigError(f"mechanism name {name!r} must be lower_snake_case: a-z, 0-9 and single _, e.g. my_attn")
+    from attn_zoo.registry import list_mechanisms
+
     existing = list_mechanisms()
     if name in existing:
         raise ConfigError(f"mechanism {name!r} already exists ({existing[name].source}); pick another name")
@@ -57,16 +58,19 @@ def scaffold(name: str, parent: str | Path = ".", force: bool = False) -> list[P
     root = Path(parent) / values["project"]
     if root.exists() and any(root.iterdir()) and not force:
         raise ConfigError(f"{root} exists and is not empty; pick another --dir or name, or pass --force")
+    from attn_zoo.paths import allow_writes, restore_roots, write_text
+
     templates = resources.files("attn_zoo") / "templates" / "mechanism"
     written = []
-    for template, target in FILES.items():
-        text = (templates / template).read_text(encoding="utf-8")
-        for key, value in values.items():
-            text = text.replace("{{" + key + "}}", value)
-        path = root / target.format(**values)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
+    with restore_roots():
+        allow_writes(root)  # the project folder is the one place `new` writes
+        for template, target in FILES.items():
+            text = (templates / template).read_text(encoding="utf-8")
+            for key, value in values.items():
+                text = text.replace("{{" + key + "}}", value)
+            path = root / target.format(**values)
+            write_text(path, text)
+            written.append(path)
     return written
 
 

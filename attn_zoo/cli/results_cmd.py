@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attn_zoo.cli._format import print_json, table
+from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.store import STATUSES, Store, export_frame
 from attn_zoo.report.tables import CELL_COLUMNS, aggregate
@@ -91,6 +91,8 @@ def apply_where(frame: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
 def run(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     frame = store.frame(status=None if args.status == "all" else args.status)
+    note_problems(store)
+    note_code_versions(frame[frame["status"] == "ok"] if len(frame) else frame)
     frame = apply_where(frame, args.where)
     if args.aggregates:
         frame = aggregate(frame[frame["status"] == "ok"]) if len(frame) else frame
@@ -102,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
         frame = frame[[c for c in cols if c in frame.columns]]
     for target in (args.csv, args.parquet):
         if target:
-            export_frame(frame, target)
+            from attn_zoo.paths import atomic_output
+
+            if Path(target).suffix not in (".csv", ".parquet", ".pq"):
+                raise ConfigError(f"export file {target!r}: unknown format; allowed suffixes: .csv, .parquet")
+            with atomic_output(target) as tmp:  # the format follows the suffix, which the temporary file keeps
+                export_frame(frame, tmp)
     if args.json:
         print_json(frame.to_dict(orient="records"))
         return 0

@@ -8,36 +8,63 @@ import sys
 import time
 from pathlib import Path
 
-from attn_zoo.cli._format import print_json, table
+from attn_zoo.cli._args import number
+from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
 from attn_zoo.errors import ConfigError
-from attn_zoo.grid.executors import create_executor, executor_names
-from attn_zoo.grid.runner import run_suite
-from attn_zoo.grid.store import Store
-from attn_zoo.grid.suite import load_suite
 from attn_zoo.registry import load_plugin_file
-from attn_zoo.report.tables import summary_rows
 
 
 def add_parser(sub) -> None:
+    from attn_zoo.grid.executors import executor_names
+
     p = sub.add_parser("run", help="run a suite file (resumes where a previous run stopped)")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
     p.add_argument(
-        "--out", default="results", help="results directory (default: results/); nothing is written outside it"
+        "--out",
+        default="results",
+        help="results directory (default: results/); a run writes only here and in the cache directory (--cache-dir)",
     )
     p.add_argument(
         "--retry-failed", action="store_true", help="re-run cells that failed, diverged, ran out of memory or timed out"
+    )
+    p.add_argument(
+        "--keep-stale",
+        action="store_true",
+        help="keep finished cells whose code changed since (default: re-run them; the store then mixes code versions)",
     )
     p.add_argument("--fresh", action="store_true", help="start a new store (the old one is kept as .<time>.bak)")
     p.add_argument(
         "--executor", default="local", help=f"where cells run: {', '.join(executor_names())} (default local)"
     )
-    p.add_argument("--jobs", type=int, default=None, help="cells at once (local executor; default 1)")
+    p.add_argument(
+        "--jobs", type=number(1, 1024, integer=True), default=None, help="cells at once (local executor; default 1)"
+    )
     p.add_argument(
         "--address", default=None, help="Ray cluster to join (--executor ray; e.g. 10.0.0.1:6379, see docs/scaling.md)"
     )
-    p.add_argument("--timeout", type=float, default=None, help="seconds one cell may run before it is stopped")
     p.add_argument(
-        "--memory-limit-mb", type=int, default=None, help="memory cap of each cell's worker (heap; Linux); over it: oom"
+        "--timeout",
+        type=number(0, low_open=True, unit="seconds"),
+        default=None,
+        help="seconds one cell may run before it is stopped",
+    )
+    p.add_argument(
+        "--memory-limit-mb",
+        type=number(64, integer=True, unit="MiB"),
+        default=None,
+        help="memory cap of each cell's worker (heap; Linux); over it: oom",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where generated data (Pathfinder) and downloads are cached (default: $ATTN_ZOO_CACHE, else the "
+        "user cache directory); the results directory and this are the only places a run writes",
+    )
+    p.add_argument(
+        "--allow-long",
+        action="store_true",
+        help="run a training budget even when it cannot finish within a year (refused otherwise)",
     )
     p.add_argument(
         "--set",
@@ -89,12 +116,39 @@ def store_path_for(out: Path, name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from attn_zoo.paths import CACHE_ENV, cache_dir
+    from attn_zoo.train.run import ALLOW_LONG_ENV
+
+    saved = {name: os.environ.get(name) for name in (CACHE_ENV, ALLOW_LONG_ENV)}
+    try:  # the cache directory and --allow-long reach the workers through the environment, for this run only
+        os.environ[CACHE_ENV] = str(cache_dir(args.cache_dir))
+        if args.allow_long:
+            os.environ[ALLOW_LONG_ENV] = "1"
+        return _run(args)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run(args: argparse.Namespace) -> int:
+    from attn_zoo.grid.executors import create_executor
+    from attn_zoo.grid.runner import run_suite, work_root_for
+    from attn_zoo.grid.store import SCHEMA_VERSION, Store
+    from attn_zoo.grid.suite import load_suite
+    from attn_zoo.paths import allow_writes, cache_dir, make_dir, writable
+    from attn_zoo.report.tables import NOT_CONVERGED_NOTE, has_unconverged, summary_rows
+
     for plugin in args.plugin:
         load_plugin_file(plugin)
     overrides = parse_overrides(args.set)
     if args.backend is not None:  # checked with the suite (name, mechanisms' knobs, this machine) before any cell
         overrides["model.backend"] = args.backend
-    suite = load_suite(args.suite, overrides, plugins=tuple(args.plugin))
+    suite = load_suite(args.suite, overrides, plugins=tuple(args.plugin), allow_long=args.allow_long)
     options = dict(suite.executor)
     if args.jobs is not None:
         options["jobs"] = args.jobs
@@ -102,9 +156,18 @@ def run(args: argparse.Namespace) -> int:
         if args.executor in ("local", "inline"):
             raise ConfigError(f"--address names a Ray cluster; it needs --executor ray, not {args.executor!r}")
         options["address"] = args.address
-    executor = create_executor(args.executor, timeout_s=args.timeout, memory_limit_mb=args.memory_limit_mb, **options)
     out = Path(args.out)
     store_path = store_path_for(out, suite.name)
+    executor = create_executor(  # checked before anything is written
+        args.executor,
+        timeout_s=args.timeout,
+        memory_limit_mb=args.memory_limit_mb,
+        work_root=work_root_for(store_path),
+        **options,
+    )
+    allow_writes(out, cache_dir())  # the one place a run writes, and the cache; every writer checks against these
+    make_dir(out)
+    writable(store_path)
     if args.fresh and store_path.exists():
         stamp = int(time.time())
         for suffix in ("", "-wal", "-shm"):
@@ -120,18 +183,29 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         command=command,
+        keep_stale=args.keep_stale,
     )
+    if summary.migrated_from is not None:
+        print(f"store {store_path}: migrated from schema {summary.migrated_from} to {SCHEMA_VERSION}", file=sys.stderr)
     store = Store(store_path)
-    frame = store.frame()
+    frame = store.frame(samples=True)
+    note_problems(store)
     figures = [] if args.no_plots else make_figure_files(frame, out / suite.name, store_path.parent)
-    code = 0 if summary.failed == 0 and summary.elsewhere == 0 else 1
+    code = 0 if summary.failed == 0 else 1  # cells another runner still runs are that runner's to report
     if args.json:
         print_json({**summary.to_dict(), "plots": [str(f.path) for f in figures]})
         return code
     if len(frame):
+        note_code_versions(frame)
         headers, rows = summary_rows(frame)
         print(table(headers, rows))
-    elsewhere = f", {summary.elsewhere} still running in another runner" if summary.elsewhere else ""
+        if has_unconverged(rows):
+            print(NOT_CONVERGED_NOTE)
+    elsewhere = (
+        f"; {summary.elsewhere} still running in another runner, which records them (`attn-zoo results` shows them)"
+        if summary.elsewhere
+        else ""
+    )
     print(
         f"\n{summary.ran} ran, {summary.skipped} already done, {summary.progress_note()}{elsewhere}; "
         f"store {store_path}",

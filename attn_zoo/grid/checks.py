@@ -147,3 +147,56 @@ def check_plain(path: Path, key: str, value: Any) -> None:
             check_plain(path, f"{key}.{k}", item)
     elif not isinstance(value, (str, int, float, bool)):
         raise SuiteError(path, key, f"must be a number, string, boolean, list or table, got {show(value)}")
+
+
+# data keys naming files or directories to read: `root` of every source, the split paths of imagefolder
+DATA_PATH_KEYS = ("root", "train", "val", "test")
+
+
+def data_path(path: Path, key: str, value: str) -> str:
+    """A data path of a suite: only read, never written. A relative one resolves against the suite file's
+    directory (absolute and ``~`` paths stay as written); ``..`` is refused, so a suite cannot point out of
+    its own tree by accident."""
+    import os
+
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    if ".." in Path(expanded).parts:
+        raise SuiteError(
+            path,
+            key,
+            f"{value!r}: '..' is not allowed in data paths; give the directory as an absolute path or relative "
+            "to the suite file without '..'",
+        )
+    if Path(expanded).is_absolute():
+        return value
+    return os.path.abspath(os.path.join(Path(path).absolute().parent, expanded))
+
+
+# Duration floor of one training step: no step of the harness's models (forward, backward, optimizer) runs
+# faster than this on any device; docs/guarantees.md gives the measurement it sits far below.
+MIN_STEP_S = 1e-4
+YEAR_S = 365 * 24 * 3600
+
+
+def check_duration(path: Path, train: Any, data: Any, device: str) -> None:
+    """Refuse a step or epoch count that cannot finish within a year even at :data:`MIN_STEP_S` per step
+    (``attn-zoo run --allow-long`` insists); the worker checks again with its measured step time."""
+    steps: float | None = None
+    key = "train.steps"
+    if train.steps is not None:
+        steps = float(train.steps)
+    elif train.epochs is not None:
+        key = "train.epochs"
+        size = getattr(data, "train_size", None) if data is not None else None
+        per_epoch = max(1, int(size) // max(1, int(train.batch_size))) if size else 1
+        steps = float(train.epochs) * per_epoch
+    if steps is None or steps * MIN_STEP_S <= YEAR_S:
+        return
+    years = steps * MIN_STEP_S / YEAR_S
+    value = train.steps if key == "train.steps" else train.epochs
+    raise SuiteError(
+        path,
+        key,
+        f"{value!r} means at least {steps:.3g} steps, more than {years:.3g} years at {MIN_STEP_S * 1e3:g} ms a "
+        f"step on {device}; allowed: at most {YEAR_S / MIN_STEP_S:.3g} steps (pass --allow-long to insist)",
+    )

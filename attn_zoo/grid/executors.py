@@ -17,6 +17,7 @@ import ctypes.util
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.cell import failure_result, is_oom_message
 from attn_zoo.grid.suite import Cell
+from attn_zoo.measure.machine import WAIT_ENV, waited_s, worker_prefix
 
 Result = dict[str, Any]
 
@@ -145,6 +147,13 @@ class LocalExecutor:
     A crash, out-of-memory, NaN or hang fails that cell only. ``timeout_s`` stops a cell that runs too long;
     ``memory_limit_mb`` caps each worker's memory (Linux). ``command`` replaces the worker command line
     (it gets ``SPEC.json RESULT.json ARTIFACT_DIR`` appended).
+
+    ``work_root`` (the runner passes ``<results>/.cells``) holds each cell's working directory (spec, result,
+    log, progress) under one directory per runner; directories of runners that are dead are removed when
+    the next one starts there. Without it they go to the system temp directory. :meth:`take_notes` hands
+    the runner each worker's first progress report (steps, estimated duration) once. ``machine_lock`` is the
+    directory of the lock that keeps timing alone on this machine (:mod:`attn_zoo.measure.machine`); the runner
+    sets it to the results directory when it is None.
     """
 
     name = "local"
@@ -155,6 +164,8 @@ class LocalExecutor:
         timeout_s: float | None = None,
         memory_limit_mb: int | None = None,
         command: Sequence[str] | None = None,
+        work_root: str | Path | None = None,
+        machine_lock: str | Path | None = None,
         **_: Any,
     ):
         if not isinstance(jobs, int) or jobs < 1:
@@ -165,26 +176,62 @@ class LocalExecutor:
         self.timeout_s = timeout_s
         self.memory_limit_mb = memory_limit_mb
         self.command = list(command) if command else [sys.executable, "-m", "attn_zoo.grid.cell"]
+        self.machine_lock = machine_lock
         self._running: dict[int, dict[str, Any]] = {}
         self._tokens = itertools.count()
+        self.work_root = Path(work_root) if work_root else None
+        self._own_dir: Path | None = None
+
+    def _cell_dir(self) -> Path:
+        if self.work_root is None:
+            return Path(tempfile.mkdtemp(prefix="attn_zoo_cell_"))
+        if self._own_dir is None or not self._own_dir.is_dir():
+            from attn_zoo.grid.store import worker_id
+            from attn_zoo.paths import make_dir
+
+            remove_dead_work_dirs(self.work_root)
+            own = make_dir(self.work_root / f"runner-{os.getpid()}-{time.time_ns():x}")
+            (own / "owner").write_text(worker_id())
+            self._own_dir = own
+        return Path(tempfile.mkdtemp(prefix="attn_zoo_cell_", dir=self._own_dir))
 
     def submit(self, cell: Cell, artifact_dir: Path) -> Any:
-        tmp = Path(tempfile.mkdtemp(prefix="attn_zoo_cell_"))
+        tmp = self._cell_dir()
         spec_path, result_path = tmp / "spec.json", tmp / "result.json"
         spec_path.write_text(json.dumps(dict(cell.spec)))
         # output to a file, not a pipe: a chatty worker never blocks
         with open(tmp / "worker.log", "wb") as log:
             proc = subprocess.Popen(
-                [*self.command, str(spec_path), str(result_path), str(artifact_dir)],
+                [*worker_prefix(self.machine_lock), *self.command, str(spec_path), str(result_path), str(artifact_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=dict(
+                    os.environ,
+                    PYTHONUNBUFFERED="1",
+                    **{PROGRESS_ENV: str(tmp / "progress.json"), WAIT_ENV: str(tmp / "machine_wait")},
+                ),
                 preexec_fn=_worker_setup(self.memory_limit_mb),
+                # its own session: Ctrl-C or a SIGTERM to the runner's process group reaches the runner, which
+                # stops its workers and hands their cells back, rather than racing them to a "failed" result
+                start_new_session=True,
             )
         token = next(self._tokens)
-        self._running[token] = {"proc": proc, "tmp": tmp, "start": time.monotonic()}
+        self._running[token] = {"proc": proc, "tmp": tmp, "start": time.monotonic(), "noted": False}
         return token
+
+    def take_notes(self) -> list[tuple[Any, dict[str, Any]]]:
+        """``(token, progress)`` for each running cell whose worker reported its first steps since the last
+        call: ``{"steps_done", "total_steps", "seconds_per_step", "estimated_s"}``; once per cell."""
+        notes = []
+        for token, job in self._running.items():
+            path = job["tmp"] / "progress.json"
+            if job["noted"] or not path.is_file():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                notes.append((token, json.loads(path.read_text())))
+                job["noted"] = True
+        return notes
 
     def wait(self, timeout_s: float) -> list[tuple[Any, Result]]:
         deadline = time.monotonic() + timeout_s
@@ -192,7 +239,9 @@ class LocalExecutor:
             done = []
             for token, job in list(self._running.items()):
                 proc = job["proc"]
-                timed_out = self.timeout_s is not None and time.monotonic() - job["start"] > self.timeout_s
+                # waiting for the machine (another cell's work, see attn_zoo.measure.machine) is not the cell's time
+                ran = time.monotonic() - job["start"] - waited_s(job["tmp"] / "machine_wait")
+                timed_out = self.timeout_s is not None and ran > self.timeout_s
                 if proc.poll() is None and timed_out:
                     proc.kill()
                     proc.wait()
@@ -223,8 +272,10 @@ class LocalExecutor:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _crash_result(self, code: int, tail: list[str]) -> Result:
-        """A worker that died without writing its result (killed, segfault, import failure)."""
-        text = " | ".join(tail)
+        """A worker that died without writing its result (killed, segfault, import failure): the exit code or
+        signal and the last error line it printed (warnings left out)."""
+        errors = error_lines(tail)
+        text = errors[-1] if errors else ""
         if code < 0:
             sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             oom = code == -signal.SIGKILL
@@ -234,11 +285,11 @@ class LocalExecutor:
                 "reason": f"worker killed by {sig}{why}" + (f": {text}" if text else ""),
                 "metrics": {},
             }
-        oom = is_oom_message(text)
+        oom = is_oom_message(" ".join(errors))
         limit = f" under --memory-limit-mb {self.memory_limit_mb}" if self.memory_limit_mb and oom else ""
         return {
             "status": "oom" if oom else "failed",
-            "reason": f"worker exited with code {code}{limit}: {text}",
+            "reason": f"worker exited with code {code}{limit}" + (f": {text}" if text else " and printed no error"),
             "metrics": {},
         }
 
@@ -249,14 +300,56 @@ class LocalExecutor:
                 job["proc"].wait()
             shutil.rmtree(job["tmp"], ignore_errors=True)
         self._running.clear()
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
 
 
-def _tail(path: Path, lines: int = 5) -> list[str]:
+PROGRESS_ENV = "ATTN_ZOO_PROGRESS_FILE"  # where a worker reports its first steps (see attn_zoo.train.run)
+
+
+def remove_dead_work_dirs(work_root: Path) -> list[Path]:
+    """Remove the per-runner directories under ``work_root`` whose runner is dead (same host, by pid and start
+    time); a live runner's, another host's, or one not yet marked with its owner is left. Returns the removed."""
+    from attn_zoo.grid.store import worker_alive
+
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in work_root.iterdir():
+            try:
+                owner = (entry / "owner").read_text().strip()
+            except OSError:
+                continue
+            if worker_alive(owner) is False:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
+
+
+_WARNING_LINE = re.compile(r"^(\S.*:\d+: )?[A-Z]\w*Warning: ")
+
+
+def error_lines(lines: Sequence[str]) -> list[str]:
+    """The lines a worker printed that are not part of a warning (``file:line: XWarning: ...`` and the
+    source line Python prints under it); the last is the failure reason."""
+    kept: list[str] = []
+    skip_next = False
+    for line in lines:
+        if skip_next and line.startswith((" ", "\t")):
+            skip_next = False
+            continue
+        skip_next = bool(_WARNING_LINE.match(line))
+        if not skip_next and line.strip():
+            kept.append(line.strip())
+    return kept
+
+
+def _tail(path: Path, lines: int = 40) -> list[str]:
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return []
-    return [line.strip() for line in text.strip().splitlines()[-lines:] if line.strip()]
+    return [line.rstrip() for line in text.strip().splitlines()[-lines:] if line.strip()]
 
 
 def run_cell_in_worker(
@@ -265,10 +358,11 @@ def run_cell_in_worker(
     memory_limit_mb: int | None = None,
     artifact_dir: Path | None = None,
     command: Sequence[str] | None = None,
+    machine_lock: str | Path | None = None,
 ) -> Result:
     """Run one cell in a fresh Python process and wait for it; never raises for what happens inside.
-    ``command`` replaces the worker command line, as for :class:`LocalExecutor`."""
-    executor = LocalExecutor(1, timeout_s, memory_limit_mb, command)
+    ``command`` and ``machine_lock`` as for :class:`LocalExecutor`."""
+    executor = LocalExecutor(1, timeout_s, memory_limit_mb, command, machine_lock)
     try:
         executor.submit(cell, artifact_dir or Path(tempfile.gettempdir()) / "attn_zoo_artifacts")
         while True:

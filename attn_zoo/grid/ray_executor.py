@@ -44,6 +44,7 @@ from typing import Any
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.executors import Result, register_executor, run_cell_in_worker
 from attn_zoo.grid.suite import Cell
+from attn_zoo.measure.machine import lock_dir_for_node
 from attn_zoo.registry import PLUGINS_ENV
 
 INSTALL_HINT = "pip install 'attn-zoo[ray]'"
@@ -183,9 +184,10 @@ class RayExecutor:
 
     def submit(self, cell: Cell, artifact_dir: Path) -> Any:
         # absolute: a Ray worker's working directory is not the runner's
-        artifact_dir = Path(artifact_dir).absolute()
-        artifact_dir.mkdir(parents=True, exist_ok=True)
-        (artifact_dir / MARKER).write_text(self._session)
+        from attn_zoo.paths import make_dir, write_text
+
+        artifact_dir = make_dir(Path(artifact_dir).absolute())  # checked against the run's write roots
+        write_text(artifact_dir / MARKER, self._session)
         plugins = os.environ.get(PLUGINS_ENV)
         task = self._task.options(runtime_env={"env_vars": {PLUGINS_ENV: plugins}}) if plugins else self._task
         ref = task.remote(
@@ -278,7 +280,8 @@ def run_on_node(
         shared = False
     local = target if shared else Path(tempfile.mkdtemp(prefix="attn_zoo_ray_cell_"))
     try:
-        result = run_cell_in_worker(Cell(spec), timeout_s, memory_limit_mb, local, command)
+        # timing owns the machine per node: this node's cells share one lock in its temporary directory
+        result = run_cell_in_worker(Cell(spec), timeout_s, memory_limit_mb, local, command, lock_dir_for_node())
         return (result, None) if shared else pack_artifacts(result, local)
     finally:
         if not shared:
@@ -305,7 +308,8 @@ def unpack_artifacts(result: Result, shipped: Mapping[str, tuple[str, bytes]], a
         path = (root / relative).resolve()
         if not path.is_relative_to(root):
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        from attn_zoo.paths import write_bytes
+
+        write_bytes(path, data)  # atomic, after the one write check
         artifacts[name] = str(path)
     return {**result, "artifacts": artifacts}

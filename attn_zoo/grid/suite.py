@@ -58,6 +58,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -69,11 +70,14 @@ from attn_zoo.backbone.config import MixerSpec, ModelConfig, parse_knob_value
 from attn_zoo.backbone.presets import list_presets, resolve_config
 from attn_zoo.errors import AttnZooError
 from attn_zoo.grid.checks import (
+    DATA_PATH_KEYS,
     SuiteError,
+    check_duration,
     check_output_dir,
     check_plain,
     check_table,
     check_value,
+    data_path,
     section_fields,
     show,
 )
@@ -191,7 +195,10 @@ def _display(value: Any) -> str:
 
 # -- reading --------------------------------------------------------------------------------------------
 def load_suite(
-    path: str | Path, overrides: Mapping[str, Any] | None = None, plugins: tuple[str | Path, ...] = ()
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    plugins: tuple[str | Path, ...] = (),
+    allow_long: bool = False,
 ) -> Suite:
     """Read, merge includes, validate and expand a suite file. Raises :class:`SuiteError`, nothing else
     for a bad file; writes nothing.
@@ -199,13 +206,19 @@ def load_suite(
     ``overrides`` are ``{"train.lr": 1e-3}`` (``attn-zoo run --set``). ``plugins`` are the plugin files the
     user loaded explicitly (``--plugin``): a suite's ``[suite] plugins`` list only declares what it needs,
     and each declared file must be among them; a suite file never causes code to run.
+
+    Relative data paths (``[data] root``) in the file resolve against the file's directory, those given in
+    ``overrides`` against the working directory; a data path is only read. A training budget that cannot
+    finish within a year is refused unless ``allow_long`` (``attn-zoo run --allow-long``).
     """
     path = Path(path)
     texts: list[tuple[Path, str]] = []
     raw = _read(path, seen=(), texts=texts)
     for dotted, value in (overrides or {}).items():
+        if dotted.partition(".")[::2] in [("data", k) for k in DATA_PATH_KEYS] and isinstance(value, str) and value:
+            value = os.path.abspath(os.path.expanduser(value))  # typed on a command line: the working directory's
         _set_override(path, raw, dotted, value)
-    suite = _build(path, raw, plugins)
+    suite = _build(path, raw, plugins, allow_long)
     # the text a run records: this file, then each included file under a comment naming it
     text = texts[-1][1] + "".join(f"\n# ---- included file {p} ----\n{t}" for p, t in texts[:-1])
     return dataclasses.replace(suite, text=text)
@@ -295,7 +308,7 @@ def _set_override(path: Path, raw: dict[str, Any], dotted: str, value: Any) -> N
 
 # -- checking values against dataclass fields -----------------------------------------------------------
 # -- building the cells ---------------------------------------------------------------------------------
-def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] = ()) -> Suite:
+def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] = (), allow_long: bool = False) -> Suite:
     suite_table = dict(raw.get("suite", {}))
     unknown = set(suite_table) - set(SUITE_KEYS)
     if unknown:
@@ -326,7 +339,7 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
     cells: dict[str, Cell] = {}
     for combo in combos:
         with _cell_context(path, combo):
-            spec = _resolve_cell(path, raw, combo, per_mech, overrides, knob_factors)
+            spec = _resolve_cell(path, raw, combo, per_mech, overrides, knob_factors, allow_long)
         cell = Cell(spec)
         cells.setdefault(cell.cell_id, cell)
     return Suite(
@@ -559,6 +572,7 @@ def _resolve_cell(
     per_mech: Mapping[str, Mapping[str, Any]],
     overrides: Mapping[str, Mapping[str, Any]],
     knob_factors: list[str],
+    allow_long: bool = False,
 ) -> dict[str, Any]:
     sections = {s: copy.deepcopy(dict(raw.get(s, {}))) for s in CONFIG_SECTIONS}
     for s in ("data", "budget"):
@@ -614,6 +628,9 @@ def _resolve_cell(
         if mechanism is not None:
             config = config.replace(mixer=MixerSpec(mechanism, knobs))
         config.validate()
+    for key in DATA_PATH_KEYS:
+        if isinstance(sections["data"].get(key), str) and sections["data"][key]:
+            sections["data"][key] = data_path(path, f"data.{key}", sections["data"][key])
     with _section(path, "data"):
         data = DataConfig.from_dict(sections["data"]) if sections["data"] else None
     with _section(path, "train"):
@@ -626,6 +643,8 @@ def _resolve_cell(
         _check_backend_here(config, measure["device"])
     if train is not None and data is None:
         raise SuiteError(path, "data", 'training needs a [data] section (e.g. source = "synthetic")')
+    if train is not None and not allow_long:
+        check_duration(path, train, data, measure["device"])
     return {
         "label": label,
         "mechanism": mechanism or "+".join(config.mechanisms()),
@@ -651,10 +670,14 @@ def _check_backend_here(config: ModelConfig, device: str) -> None:
 
 
 def _suite_mechanisms(raw: Mapping[str, Any]) -> list[str]:
-    names = raw.get("grid", {}).get("mechanism", [])
+    """The mechanism names of the suite that exist; anything else (tables, lists, numbers) is left to the
+    checks that name it."""
+    grid, model = raw.get("grid", {}), raw.get("model", {})
+    names = grid.get("mechanism", []) if isinstance(grid, Mapping) else []
     names = names if isinstance(names, list) else []
-    single = raw.get("model", {}).get("mechanism")
-    return [n for n in dict.fromkeys([*names, single]) if isinstance(n, str) and n in list_mechanisms()]
+    single = model.get("mechanism") if isinstance(model, Mapping) else None
+    strings = [n for n in [*names, single] if isinstance(n, str)]
+    return [n for n in dict.fromkeys(strings) if n in list_mechanisms()]
 
 
 @contextlib.contextmanager

@@ -64,12 +64,16 @@ def auto_order(
     op: str, device_type: str, call: Mapping[str, Any], offered: Sequence[str], mechanism: str | None = None
 ) -> tuple[str, ...]:
     """The paths ``auto`` tries for ``call``, restricted to ``offered``: the nearest row's paths fastest first, then
-    the mechanism's or the op's default order, then any other offered path."""
+    the mechanism's own list (exhaustive: a path missing from it is not tried), or else the op's default order
+    followed by any other offered path."""
     row = nearest_row(op, device_type, call)
     speed = (row.get("rel") or row["ms"]) if row else {}
     measured = sorted(speed, key=speed.get)
+    section = load().get(device_type, {}).get(op, {})
+    own = section.get("by_mechanism", {}).get(mechanism or "")
+    rest = tuple(own) if own else (*section.get("default", ()), *offered)
     order: list[str] = []
-    for name in (*measured, *default_order(op, device_type, mechanism), *offered):
+    for name in (*measured, *rest):
         if name in offered and name not in order:
             order.append(name)
     return tuple(order)

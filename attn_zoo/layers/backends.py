@@ -245,8 +245,9 @@ def select(
     path that cannot run, or an ``auto`` with none, raises ``BackendUnavailableError`` naming why.
 
     Under a torch dispatch mode (``FlopCounterMode``) natten is replaced by ``cpu_fast`` (same inward attention,
-    which carries a FLOP formula; natten has none and its CPU path refuses dispatch modes): the returned name is
-    then ``cpu_fast``, so what is recorded is what runs.
+    which carries a FLOP formula; natten has none and its CPU path refuses dispatch modes) and flex by
+    ``reference`` (compiled flex fails under a dispatch mode): the returned name is then the replacement, so what
+    is recorded is what runs.
     """
     device = torch.device(device)
     call = dict(call or {})
@@ -258,6 +259,8 @@ def select(
 
 
 _CHOICES: dict[tuple, str] = {}
+# what runs instead under a torch dispatch mode (counting): the same attention, by a path that can be counted
+_UNDER_DISPATCH_MODE = {"natten": "cpu_fast", "flex": "reference"}
 
 
 def forget() -> None:
@@ -283,14 +286,14 @@ def _select(
         reason = runs_reason(requested, device, op) or paths[requested].accepts(call)
         if reason is not None:
             raise BackendUnavailableError(f"{owner}: backend {requested!r} cannot run on {device}: {reason}")
-        if requested == "natten" and mode:
-            return "cpu_fast"
+        if mode and requested in _UNDER_DISPATCH_MODE:
+            return _UNDER_DISPATCH_MODE[requested]
         return requested
     why: dict[str, str] = {}
     for name in auto_order(op, device.type, call, [p for p in offered if p in paths], owner):
         reason = unavailable_reason(name, device, op) or paths[name].accepts(call)
-        if reason is None and name == "natten" and mode:
-            reason = "no FLOP formula under a dispatch mode"
+        if reason is None and mode and name in _UNDER_DISPATCH_MODE:
+            reason = f"runs as {_UNDER_DISPATCH_MODE[name]} under a dispatch mode"
         if reason is None:
             return name
         why[name] = reason

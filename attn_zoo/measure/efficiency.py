@@ -13,7 +13,6 @@ dtype, threads and torch version, because it costs a second or two and does not 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -26,8 +25,9 @@ _MEMO: dict[str, float] = {}
 
 
 def cache_path() -> Path:
-    root = os.environ.get("ATTN_ZOO_CACHE") or Path.home() / ".cache" / "attn_zoo"
-    return Path(root) / "matmul_peak.json"
+    from attn_zoo.paths import cache_dir
+
+    return cache_dir() / "matmul_peak.json"
 
 
 def _key(device: torch.device, dtype: str, threads: int, n: int) -> str:
@@ -61,10 +61,11 @@ def matmul_peak_gflops(
     _MEMO[key] = gflops
     if use_cache:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            from attn_zoo.paths import write_text
+
             stored = json.loads(path.read_text()) if path.is_file() else {}
             stored[key] = gflops
-            path.write_text(json.dumps(stored, indent=1, sort_keys=True))
+            write_text(path, json.dumps(stored, indent=1, sort_keys=True))
         except (OSError, ValueError):
             pass  # caching is an optimisation; a read-only home must not fail a measurement
     return gflops

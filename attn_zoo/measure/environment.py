@@ -22,9 +22,16 @@ def _version(package: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The checkout's commit, with ``+dirty`` when tracked files differ; ``None`` outside a git checkout."""
+    """The checkout's commit, with ``+dirty`` when tracked files differ; ``None`` outside a git checkout.
+
+    ``$ATTN_ZOO_COMMIT`` overrides it, for a copy of the code without its own ``.git`` (a copy placed inside
+    another checkout would otherwise report that checkout's commit)."""
+    return os.environ.get("ATTN_ZOO_COMMIT") or _git_commit()
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
     root = Path(attn_zoo.__file__).resolve().parent.parent
     try:
         commit = subprocess.run(

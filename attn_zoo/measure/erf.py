@@ -121,7 +121,8 @@ def measure_erf(
         f"{prefix}_r90_rel": r90 / reach if reach else 0.0,
     }
     if save_to is not None:
-        path = Path(save_to)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, grid.astype(np.float32))
+        from attn_zoo.paths import atomic_output
+
+        with atomic_output(save_to) as tmp, open(tmp, "wb") as f:
+            np.save(f, grid.astype(np.float32))
     return metrics, grid

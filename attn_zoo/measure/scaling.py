@@ -134,9 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the fits as JSON records")
     parser.add_argument("--csv", default=None, help="also write the fits to this CSV file")
     args = parser.parse_args(argv)
-    fits = fit_exponents(Store(args.store).frame(), args.metrics, by=args.by)
+    fits = fit_exponents(Store(args.store, readonly=True).frame(), args.metrics, by=args.by)  # reading only
     if args.csv:
-        fits.to_csv(args.csv, index=False)
+        from attn_zoo.paths import atomic_output
+
+        with atomic_output(args.csv) as tmp:
+            fits.to_csv(tmp, index=False)
     if args.json:
         print(json.dumps(fits.to_dict(orient="records"), indent=2))
     else:

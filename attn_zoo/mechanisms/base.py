@@ -35,6 +35,10 @@ class Mixer(nn.Module):
         op: the attention op the mechanism calls: ``"dense"`` (:func:`attn_zoo.layers.attention.dense_attention`,
             through :meth:`attend`) or ``"neighborhood"`` (:func:`attn_zoo.layers.neighborhood.neighborhood_attention`).
         paper: one line naming the paper and the official code it follows.
+        ignores: what the output does not depend on by design, each with the reason, e.g.
+            ``{"channels": "only the first C/2 channels are mixed"}``; keys ``positions``, ``channels``,
+            ``context``. Set it in ``__init__`` instead when it depends on the knobs. The conformance kit's
+            ``dependence`` check exempts these and says so.
     """
 
     name: ClassVar[str] = ""
@@ -43,6 +47,7 @@ class Mixer(nn.Module):
     stage_defaults: ClassVar[Mapping[str, Sequence[Any]]] = {}
     backends: ClassVar[tuple[str, ...]] = ("reference",)
     op: ClassVar[str] = "dense"
+    ignores: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, dim: int, num_heads: int, *, feat_size: tuple[int, int] | None = None):
         super().__init__()

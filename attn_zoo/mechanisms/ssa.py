@@ -92,6 +92,11 @@ class ScalableSelfAttention(Mixer):
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
             self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        if r_n > 1 and remainder == "drop":
+            self.ignores = {
+                "positions": "remainder='drop' (official): the rows and columns past the last multiple of r_n "
+                "reach the output only through their queries, so not at all where a single key is left"
+            }
 
     @classmethod
     def validate_knobs(cls, knobs: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attn_zoo.errors import ConfigError, UnknownNameError
+from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import create_mechanism, get_mechanism, isolated_registry, list_mechanisms, register_mechanism
 
@@ -253,6 +253,10 @@ def check_mechanism(
         with subject_for(target) as name:
             subject = Subject(name, dict(knobs), dim, num_heads)
             get_mechanism(name).validate(knobs)  # a bad knob is the caller's error, raised before any check
+            try:  # so is a width or head count the mechanism refuses (MSDA: heads a multiple of the dilations)
+                subject.build()
+            except KnobError as exc:
+                raise KnobError(f"attn_zoo.testing: dim {dim} with {num_heads} heads: {exc}") from None
             results = tuple(run_check(subject, c) for c in selected)
     finally:
         torch.set_num_threads(threads)

@@ -44,7 +44,10 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
         len(payload),
         hashlib.sha256(payload).hexdigest().encode(),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from attn_zoo.paths import make_dir, writable
+
+    path = writable(path)  # the one check every written path passes
+    make_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

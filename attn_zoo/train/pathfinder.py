@@ -89,7 +89,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -780,41 +779,59 @@ def _cache_key(split: str, n: int, resolution: int, difficulty: str, seed: int) 
 
 
 def load_or_generate(
-    root: str | os.PathLike[str] | None, split: str, n: int, resolution: int, difficulty: str, seed: int
+    root: str | os.PathLike[str] | None,
+    split: str,
+    n: int,
+    resolution: int,
+    difficulty: str,
+    seed: int,
+    read_roots: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one split, through an ``.npz`` cache under ``root`` when it is given.
 
     The file name is the cache key (generator version, difficulty, resolution, n, seed, split). The
     stored sha256 covers the key and both arrays; a file that fails to load or to verify is
-    regenerated (with a warning) and rewritten atomically.
+    regenerated (with a warning) and rewritten atomically. ``read_roots`` (a suite's ``[data] root``) are
+    looked in first and only read: a valid file there is used, and nothing is ever written there.
     """
     if split not in SPLITS:
         raise UnknownNameError("pathfinder split", split, SPLITS)
+    key = _cache_key(split, n, resolution, difficulty, seed)
+    for place in read_roots:
+        found = _load_verified(Path(place) / f"{key}.npz", key, warn=False)
+        if found is not None:
+            return found
     if root is None:
         return _generate(n, resolution, difficulty, seed, SPLITS[split])
-    key = _cache_key(split, n, resolution, difficulty, seed)
-    path = Path(root) / f"{key}.npz"
+    from attn_zoo.paths import atomic_output, writable
+
+    path = writable(Path(root) / f"{key}.npz")  # refused before any work when it lies outside the allowed places
     if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                images, labels, stored = z["images"], z["labels"], str(z["sha256"])
-            if stored == _digest(images, labels, key):
-                return images, labels
-            reason = "sha256 mismatch"
-        except Exception as exc:  # any unreadable file is treated the same way: rebuild it
-            reason = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"pathfinder cache {path} is invalid ({reason}); regenerating", stacklevel=3)
+        found = _load_verified(path, key, warn=True)
+        if found is not None:
+            return found
     images, labels = _generate(n, resolution, difficulty, seed, SPLITS[split])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, labels=labels, sha256=np.array(_digest(images, labels, key)))
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # atomic, after the one write check: a concurrent reader sees the old file or the new one
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=images, labels=labels, sha256=np.array(_digest(images, labels, key)))
     return images, labels
+
+
+def _load_verified(path: Path, key: str, warn: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """The arrays of a cache file whose stored sha256 matches, else None (with a warning when ``warn``)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels, stored = z["images"], z["labels"], str(z["sha256"])
+        if stored == _digest(images, labels, key):
+            return images, labels
+        reason = "sha256 mismatch"
+    except Exception as exc:  # any unreadable file is treated the same way: rebuild it
+        reason = f"{type(exc).__name__}: {exc}"
+    if warn:
+        warnings.warn(f"pathfinder cache {path} is invalid ({reason}); regenerating", stacklevel=4)
+    return None
 
 
 class PathfinderDataset(torch.utils.data.Dataset):
@@ -843,6 +860,7 @@ class PathfinderDataset(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         root: str | os.PathLike[str] | None = None,
         channels: int = 1,
+        read_roots: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if split not in SPLITS:
             raise UnknownNameError("pathfinder split", split, SPLITS)
@@ -852,7 +870,7 @@ class PathfinderDataset(torch.utils.data.Dataset):
         self.split, self.resolution, self.difficulty, self.seed = split, resolution, difficulty, seed
         self.n = DEFAULT_SIZES[split] if n is None else n
         self.transform, self.channels = transform, channels
-        self.images, labels = load_or_generate(root, split, self.n, resolution, difficulty, seed)
+        self.images, labels = load_or_generate(root, split, self.n, resolution, difficulty, seed, read_roots)
         self.targets: list[int] = labels.tolist()
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
@@ -896,7 +914,9 @@ def save_examples_png(
             ax.set_title(f"{i}: {PathfinderDataset.classes[labels[i]]}", fontsize=9)
     fig.suptitle(f"pathfinder {difficulty}, {resolution}x{resolution}, seed {seed}", fontsize=10)
     fig.tight_layout()
+    from attn_zoo.paths import atomic_output
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".") or "png")
     return out

@@ -72,6 +72,52 @@ def checkpoint_path_for(spec: Mapping[str, Any], directory: str | Path) -> Path:
     return Path(directory).expanduser() / f"{key}.ckpt"
 
 
+ESTIMATE_AFTER_STEPS = 5  # steps timed (after the first, which warms up) before the duration is estimated
+ALLOW_LONG_ENV = "ATTN_ZOO_ALLOW_LONG"  # set by `attn-zoo run --allow-long`
+
+
+def progress_reporter(after: int = ESTIMATE_AFTER_STEPS):
+    """An ``on_step`` for :func:`fit`: after the first step plus ``after`` more, estimate the whole training's
+    duration; write it to ``$ATTN_ZOO_PROGRESS_FILE`` (the local executor's runner prints it), and stop a
+    training that would run past a year unless ``$ATTN_ZOO_ALLOW_LONG`` is set."""
+    import os
+    import time
+
+    from attn_zoo.errors import ConfigError
+    from attn_zoo.grid.checks import YEAR_S
+
+    state: dict[str, float] = {}
+
+    def on_step(step: int, total: int, _loss: float) -> None:
+        if "done" in state:
+            return
+        if "first" not in state:  # the first step (or the one after a resume) includes warm-up
+            state["first"], state["t0"] = step, time.perf_counter()
+            return
+        timed = step - state["first"]
+        if timed < after and step < total:
+            return
+        state["done"] = 1.0
+        per_step = (time.perf_counter() - state["t0"]) / max(timed, 1)
+        estimate = per_step * total
+        report = {"steps_done": int(timed), "total_steps": total, "seconds_per_step": per_step, "estimated_s": estimate}
+        path = os.environ.get("ATTN_ZOO_PROGRESS_FILE")
+        if path:
+            import contextlib
+
+            from attn_zoo.paths import write_text
+
+            with contextlib.suppress(OSError):  # a report the runner may miss must not fail the training
+                write_text(path, json.dumps(report))
+        if estimate > YEAR_S and not os.environ.get(ALLOW_LONG_ENV):
+            raise ConfigError(
+                f"train: {total} steps at {per_step:.3g} s a step (measured) take {estimate / YEAR_S:.3g} years; "
+                "allowed: at most one year (pass --allow-long to insist)"
+            )
+
+    return on_step
+
+
 def run_training(
     spec: Mapping[str, Any],
     config: ModelConfig,
@@ -116,6 +162,7 @@ def run_training(
                 forward_macs=forward_macs,
                 checkpoint_path=checkpoint,
                 identity={"spec": json.loads(json.dumps(spec, default=str)), "model": config.to_dict()},
+                on_step=progress_reporter() if distributed is None or distributed.is_main else None,
                 distributed=distributed,
             )
         )

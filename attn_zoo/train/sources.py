@@ -205,6 +205,8 @@ def _check_pathfinder(config: DataConfig) -> None:
     check=_check_pathfinder,
 )
 def _pathfinder(config: DataConfig, split: str) -> tuple[Dataset, dict[str, Any]]:
+    from attn_zoo.paths import cache_dir
+
     try:  # lazy: the generator is its own module and may be absent from a partial checkout
         from attn_zoo.train.pathfinder import PathfinderDataset
     except ImportError as exc:
@@ -219,8 +221,9 @@ def _pathfinder(config: DataConfig, split: str) -> tuple[Dataset, dict[str, Any]
         resolution=int(source.option(config, "resolution")),
         difficulty=str(source.option(config, "difficulty")),
         seed=int(source.option(config, "generator_seed")),
-        root=str(_expand(config.root)) if config.root else None,  # the generator's .npz cache
+        root=str(cache_dir() / "pathfinder"),  # generated .npz files are cached here (--cache-dir, $ATTN_ZOO_CACHE)
         channels=int(source.option(config, "channels")),
+        read_roots=[_expand(config.root)] if config.root else [],  # a suite's root is only read
     )
     channels = int(source.option(config, "channels"))
     # ink is sparse (mostly black): normalise with measured statistics (the loaders use the train split's)
@@ -240,24 +243,34 @@ def _gray_stats(dataset: Any) -> tuple[float, float]:
 
 
 def _cifar(name: str, config: DataConfig, split: str) -> Dataset:
+    """From ``root`` (only read); with ``download = true`` and no readable copy there, torchvision downloads
+    into the cache directory (``--cache-dir``, ``$ATTN_ZOO_CACHE``), never into a suite's root."""
     from timm.data import create_dataset
+
+    from attn_zoo.paths import cache_dir, make_dir
 
     source = SOURCES[name]
     download = bool(source.option(config, "download"))
-    if not config.root:
+    if not config.root and not download:
         raise DataSourceError(
             f"data source {name!r} needs root: the directory holding torchvision's "
             f"{'cifar-10-batches-py' if name == 'cifar10' else 'cifar-100-python'} (or set download = true)"
         )
-    root = _expand(config.root)
-    try:
-        # timm's torch/ names wrap torchvision's CIFAR classes (and keep their download for users)
-        return create_dataset(f"torch/{name}", root=str(root), split=split, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise DataSourceError(
-            f"data source {name!r}: no readable {name} batches under {root} ({exc}); set root to the directory "
-            "that holds them, or download = true (needs internet)"
-        ) from None
+    root = _expand(config.root) if config.root else None
+    cached = cache_dir() / name
+    error = None
+    for place in [p for p in (root, cached if download else None) if p is not None]:
+        try:
+            # timm's torch/ names wrap torchvision's CIFAR classes
+            return create_dataset(f"torch/{name}", root=str(place), split=split, download=False)
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+            error = exc
+    if download:
+        return create_dataset(f"torch/{name}", root=str(make_dir(cached)), split=split, download=True)
+    raise DataSourceError(
+        f"data source {name!r}: no readable {name} batches under {root} ({error}); set root to the directory "
+        "that holds them, or download = true (needs internet; downloads into the cache directory)"
+    )
 
 
 def _check_download(config: DataConfig) -> None:
