@@ -101,11 +101,9 @@ def test_bench_takes_several_paths_one_cell_each(capsys):
     argv = ["bench", "swin", *BENCH_FAST, "--backend", "auto", "reference", "sdpa", "--no-store", "--json"]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["backend"], r["backends"]) for r in rows] == [
-        ("auto", ["reference"]),
-        ("reference", ["reference"]),
-        ("sdpa", ["sdpa"]),
-    ]
+    assert [(r["backend"], r["backends"]) for r in rows[1:]] == [("reference", ["reference"]), ("sdpa", ["sdpa"])]
+    # auto: the shape table's choice per call (tests/test_dispatch.py checks it against what ran)
+    assert rows[0]["backend"] == "auto" and rows[0]["backends"] and set(rows[0]["backends"]) <= {"reference", "sdpa"}
 
 
 def test_count_backend_is_forced_and_reported(capsys):
