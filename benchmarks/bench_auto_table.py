@@ -254,6 +254,24 @@ def model_check(rounds: int, only: list[str] | None = None) -> list[dict]:
     return out
 
 
+def dump_table(table: dict) -> str:
+    """The table as JSON with one line per measured row (easy to read and to diff)."""
+    rows = {}
+    for device, ops in table.items():
+        if device == "provenance":
+            continue
+        for op, section in ops.items():
+            if isinstance(section, dict) and section.get("rows"):
+                rows[(device, op)] = section["rows"]
+                section["rows"] = f"@rows:{device}:{op}@"
+    text = json.dumps(table, indent=1)
+    for (device, op), op_rows in rows.items():
+        body = ",\n".join("    " + json.dumps(r) for r in op_rows)
+        text = text.replace(f'"@rows:{device}:{op}@"', "[\n" + body + "\n   ]")
+        table[device][op]["rows"] = op_rows
+    return text + "\n"
+
+
 def provenance(command: str) -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     from attn_zoo.measure.environment import cpu_model
@@ -294,7 +312,7 @@ def main() -> None:
             table["provenance"] = provenance(command)
             for op, op_rows in rows.items():
                 table.setdefault("cpu", {}).setdefault(op, {})["rows"] = op_rows
-            args.write.write_text(json.dumps(table, indent=1) + "\n")
+            args.write.write_text(dump_table(table))
     if args.models_json:
         from attn_zoo.layers import auto_table
 
