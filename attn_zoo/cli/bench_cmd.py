@@ -284,8 +284,8 @@ def render(rows: list[dict[str, Any]]) -> str:
                     _f(lat["ci_rel"], 100, "±{:.1f}%") + conv,
                     _f(thr, 1, "{:.1f}"),
                     _f(mem, 1, "{:.1f}"),
-                    _f(m.get("gflops_achieved") if mode == "fwd" else None, 1, "{:.1f}"),
-                    _f(m.get("peak_fraction") if mode == "fwd" else None, 100, "{:.1f}%"),
+                    _f(m.get({"fwd": "gflops_achieved", "train": "train_gflops_achieved"}.get(mode, "")), 1, "{:.1f}"),
+                    _f(m.get({"fwd": "peak_fraction", "train": "train_peak_fraction"}.get(mode, "")), 100, "{:.1f}%"),
                 ]
             )
     note = (

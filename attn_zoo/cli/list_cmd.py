@@ -33,7 +33,7 @@ def collect(device: str) -> dict:
             "stage_defaults": {k: list(v) for k, v in spec.cls.stage_defaults.items()},
             "block_pattern": [dict(p) for p in spec.cls.block_pattern],
             "backends": {b: (reason or "available") for b, reason in availability(spec.backends, device).items()},
-            "auto": _auto(spec.cls.auto_candidates(device), device),
+            "auto": _auto(spec.cls.auto_candidates(device), device, spec.cls.op),
         }
     return {
         "device": device,
@@ -43,12 +43,11 @@ def collect(device: str) -> dict:
     }
 
 
-def _auto(order: tuple[str, ...], device: str) -> str | None:
-    """The path ``backend="auto"`` takes on ``device`` with the mechanism's default knobs."""
-    from attn_zoo.layers.backends import availability
+def _auto(order: tuple[str, ...], device: str, op: str) -> str | None:
+    """The first usable path of the device's default ``auto`` order (a call's own shapes may pick another)."""
+    from attn_zoo.layers.backends import unavailable_reason
 
-    found = availability(order, device)
-    return next((b for b in order if found[b] is None), None)
+    return next((b for b in order if unavailable_reason(b, device, op) is None), None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"    block pattern: {m['block_pattern']}")
         backends = ", ".join(b if r == "available" else f"{b} (no: {r})" for b, r in m["backends"].items())
         print(f"    backends: {backends}")
-        print(f"    auto picks: {m['auto'] or 'none'}\n")
+        print(f"    auto picks (default order; by shape per call): {m['auto'] or 'none'}\n")
     print("Presets:")
     for name, doc in info["presets"].items():
         print(f"    {name}: {doc}")

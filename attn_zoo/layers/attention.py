@@ -29,16 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from attn_zoo.errors import BackendUnavailableError, UnknownNameError
+from attn_zoo.errors import BackendUnavailableError
 
+# The paths a mechanism offers (which one `auto` takes is the shape table's choice: attn_zoo/layers/auto_table.py;
+# whether one runs here is the dispatch table's: attn_zoo/layers/backends.py)
 DENSE_BACKENDS = ("sdpa", "reference")
-# Window attention (Swin, IWSA, GC-ViT): flex's block-diagonal mask on CUDA too; on CPU, 49-token windows
-# run faster as two batched matmuls than through SDPA (benchmarks/results/window-paths-cpu.json)
+# Window attention (Swin, IWSA, GC-ViT) also offers flex's block-diagonal mask
 WINDOW_BACKENDS = (*DENSE_BACKENDS, "flex", "xformers")
-# CUDA, measured on an H200 (benchmarks/results/gpu-h200.md): sdpa and reference within 3-6% either way at
-# batch 64 (sdpa faster forward, reference faster forward + backward in float32), sdpa with less memory; flex
-# and xformers unmeasured there, so never chosen by auto
-WINDOW_AUTO_ORDER = {"cpu": ("reference", "sdpa"), "cuda": ("sdpa", "reference")}
 
 
 def attention_reference(
@@ -211,14 +208,6 @@ def attention_flex(
     return out.reshape(B, h, nW, N, v.shape[-1]).transpose(1, 2)[..., :d_v]
 
 
-_DENSE = {
-    "reference": attention_reference,
-    "sdpa": attention_sdpa,
-    "xformers": attention_xformers,
-    "flex": attention_flex,
-}
-
-
 def dense_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -228,9 +217,27 @@ def dense_attention(
     bias: torch.Tensor | None = None,
     backend: str = "reference",
 ) -> torch.Tensor:
-    """Attention over all key positions with backend ``backend`` (already resolved, not ``auto``)."""
-    try:
-        fn = _DENSE[backend]
-    except KeyError:
-        raise UnknownNameError("dense attention backend", backend, _DENSE) from None
-    return fn(q, k, v, scale=scale, bias=bias)
+    """Attention over all key positions with path ``backend``: a name, or ``"auto"`` (the dispatch table's choice
+    for these shapes, :func:`attn_zoo.layers.backends.select`); a path that cannot run here is an error."""
+    from attn_zoo.layers import backends
+
+    call = dense_call(q, k, v, bias)
+    offered = tuple(backends.TABLE.get(q.device.type, {}).get("dense", ()))
+    name = backends.select(backend, offered, q.device, op="dense", owner="dense attention", call=call)
+    return backends.run("dense", name, q.device, q, k, v, scale=scale, bias=bias)
+
+
+def dense_call(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> dict[str, object]:
+    """What the shape table keys a dense call on: queries and keys per sequence, head width, bias, gradients."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+    return {
+        "n_q": int(q.shape[-2]),
+        "n_k": int(k.shape[-2]),
+        "head_dim": int(q.shape[-1]),
+        "v_dim": int(v.shape[-1]) if v is not None else int(q.shape[-1]),
+        "seqs": int(q.numel() // max(1, q.shape[-2] * q.shape[-1])),
+        "bias": bias is not None,
+        "grad": bool(grad),
+    }

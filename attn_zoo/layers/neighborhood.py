@@ -20,7 +20,9 @@ Backends:
   ``torch.library`` custom ops ``attn_zoo::na2d`` / ``attn_zoo::na2d_backward``, which carry FLOP
   formulas for ``torch.utils.flop_counter.FlopCounterMode``. Runs on any device.
 * ``"natten"`` - natten's ``na2d`` (natten 0.21.7), ``border="inward"`` only, imported lazily.
-* ``"auto"`` - natten on CUDA for ``"inward"`` when natten has its compiled kernels, else ``cpu_fast``.
+* ``"auto"`` - the dispatch table's choice for the call (:func:`attn_zoo.layers.backends.select`): a path that
+  ran here once and that the measured shape table puts first (natten on CUDA only for ``"inward"`` with its
+  compiled kernels). Nothing falls back silently: a path that cannot compute a call is an error.
 """
 
 import math
@@ -30,11 +32,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import register_flop_formula
 
 from attn_zoo.errors import BackendUnavailableError, KnobError, MechanismInputError, UnknownNameError
-from attn_zoo.layers.backends import register_backend
 
 __all__ = [
     "BACKENDS",
@@ -120,14 +120,11 @@ def neighborhood_attention(
             grad on CPU, or when natten has no kernel for the call (on CPU its flex path needs
             ``d_qk == d_v``, a power of two in [8, 512], and float32/16); the message says which.
     """
+    from attn_zoo.layers import backends
+
     kernel, dil = _validate(q, k, v, kernel_size, dilation, scale, border, backend)
     chosen = choose_backend(backend, q, border, kernel)
-    if chosen == "reference":
-        return _reference_na2d(q, k, v, kernel, dil, float(scale), border)
-    if chosen == "natten":
-        return _natten_na2d(q, k, v, kernel, dil, float(scale), strict=backend == "natten")
-    out, _ = torch.ops.attn_zoo.na2d(q, k, v, kernel[0], kernel[1], dil[0], dil[1], float(scale), border)
-    return out
+    return backends.run("neighborhood", chosen, q.device, q, k, v, kernel, dil, float(scale), border)
 
 
 def neighborhood_attention_macs(
@@ -146,25 +143,14 @@ def neighborhood_attention_macs(
 def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:
     """Which concrete backends are usable on ``device``: ``{name: None}`` if one is, else ``{name: reason}``.
 
-    ``reference`` and ``cpu_fast`` are plain torch and always run. ``natten`` counts as available only
-    where it is a real fast path: CUDA with natten's compiled kernels (libnatten). On CPU natten runs its
-    unfused flex path, forward only, so it is reported with that reason; forcing ``backend="natten"``
-    still runs it there (without gradients), which is what the parity tests do.
+    The dispatch table's answer (:mod:`attn_zoo.layers.backends`): a path is usable when its kernel ran once
+    here, forward and backward. ``natten`` counts only where it is a real fast path: CUDA with natten's compiled
+    kernels (libnatten). On CPU natten runs its unfused flex path, forward only, so it is reported with that
+    reason; forcing ``backend="natten"`` still runs it there (without gradients), as the parity tests do.
     """
-    return {"reference": None, "cpu_fast": None, "natten": _natten_unavailable(torch.device(device))}
+    from attn_zoo.layers import backends
 
-
-def _natten_unavailable(device: torch.device) -> str | None:
-    reason = _natten_import_error()
-    if reason is not None:
-        return reason
-    if device.type == "cpu":
-        return "on CPU natten runs only its unfused flex path, forward only (parity checks, not training)"
-    if device.type != "cuda":
-        return f"natten has no kernels for {device.type!r}"
-    if not getattr(_natten_module, "HAS_LIBNATTEN", False):
-        return "natten is installed without libnatten, its compiled CUDA kernels (only unfused flex would run)"
-    return None
+    return {name: backends.unavailable_reason(name, device, "neighborhood") for name in BACKENDS[1:]}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,24 +227,35 @@ def _validate(
 
 
 def choose_backend(backend: str, q: Tensor, border: str, kernel: tuple[int, int]) -> str:
-    """The concrete backend a call with ``backend`` runs: ``"auto"`` resolved, a forced ``"natten"`` checked.
+    """The concrete backend a call with ``backend`` runs: the dispatch table's choice
+    (:func:`attn_zoo.layers.backends.select`) for this call; a forced ``"natten"`` is checked against the call.
 
     Under a dispatch mode such as ``FlopCounterMode`` natten becomes ``cpu_fast`` (same inward attention):
     natten's kernels carry no FLOP formula and its CPU flex path refuses to run under a dispatch mode, while
     ``cpu_fast`` is counted by its registered formula, so counts never depend on the backend.
     """
-    if backend in ("auto", "natten") and is_in_torch_dispatch_mode(include_infra_modes=False):
-        if backend == "natten":
-            _check_natten_call(border, kernel)
-        return "cpu_fast"
+    from attn_zoo.layers import backends
+
     if backend == "natten":
         _check_natten_call(border, kernel)
-        return "natten"
-    if backend == "auto":
-        if border == "inward" and min(kernel) >= 2 and _natten_unavailable(q.device) is None:
-            return "natten"
-        return "cpu_fast"
-    return backend
+    call = na_call(q, border, kernel)
+    return backends.select(
+        backend, BACKENDS[1:], q.device, op="neighborhood", owner="neighborhood attention", call=call
+    )
+
+
+def na_call(q: Tensor, border: str, kernel: Sequence[int]) -> dict[str, object]:
+    """What the shape table keys a neighbourhood call on: tokens, window, head width, sequences, border, grad."""
+    B, heads, H, W, d = q.shape
+    return {
+        "n_q": H * W,
+        "n_k": kernel[0] * kernel[1],
+        "head_dim": d,
+        "seqs": B * heads,
+        "border": border,
+        "kernel": tuple(kernel),
+        "grad": torch.is_grad_enabled() and q.requires_grad,
+    }
 
 
 def check_mixer_backend(mechanism: str, backend: str, border: str, kernel: object) -> None:
@@ -754,13 +751,10 @@ def _natten_na2d(
     kernel: tuple[int, int],
     dil: tuple[int, int],
     scale: float,
-    *,
-    strict: bool,
 ) -> Tensor:
     """natten's ``na2d`` on our layout; natten wants ``(B, H, W, heads, d)``.
 
-    ``strict`` (a forced backend) turns natten's "no kernel for this case" into BackendUnavailableError;
-    otherwise ("auto") the call falls back to ``cpu_fast``.
+    natten's "no kernel for this case" is a BackendUnavailableError: nothing falls back to another path.
     """
     natten = _import_natten()
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
@@ -774,19 +768,9 @@ def _natten_na2d(
     try:
         out = natten.na2d(*to_natten, kernel_size=kernel, dilation=dil, scale=scale)  # type: ignore[attr-defined]
     except NotImplementedError as exc:  # natten found no backend for this dtype/head dims/device
-        if not strict:
-            out, _ = torch.ops.attn_zoo.na2d(q, k, v, kernel[0], kernel[1], dil[0], dil[1], scale, "inward")
-            return out
         raise BackendUnavailableError(
             f"natten has no kernel for this call (dtype {q.dtype}, d_qk {q.shape[-1]}, d_v {v.shape[-1]}, "
             f"device {q.device}; natten's flex path, the only one on CPU, needs d_qk == d_v, a power of "
             f"two in [8, 512], and a 16/32-bit float): {exc}"
         ) from exc
     return out.permute(0, 3, 1, 2, 4)
-
-
-# Make the kernel's paths known to the mixers' backend resolution (``Mixer.pick_backend``).
-register_backend("cpu_fast", lambda device: available_backends(device)["cpu_fast"])
-register_backend(
-    "natten", lambda device: available_backends(device)["natten"], runs=lambda device: _natten_import_error()
-)

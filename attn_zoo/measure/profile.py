@@ -21,7 +21,7 @@ from attn_zoo.errors import ConfigError
 from attn_zoo.layers.stems import stem_out_size
 from attn_zoo.measure import machine
 from attn_zoo.measure.counting import analytic_attention_macs, count_model
-from attn_zoo.measure.efficiency import efficiency, matmul_peak_gflops
+from attn_zoo.measure.efficiency import efficiency, matmul_peak_gflops, train_step_efficiency
 from attn_zoo.measure.environment import cpu_load
 from attn_zoo.measure.erf import measure_erf
 from attn_zoo.measure.latency import LATENCY_KEYS, measure_latency
@@ -101,6 +101,9 @@ METRIC_DOCS: dict[str, str] = {
     "gflops_achieved": "forward flops * batch_size / forward median latency, GFLOP/s",
     "matmul_peak_gflops": "this machine's measured large-matmul GFLOP/s in the same dtype and threads",
     "peak_fraction": "gflops_achieved / matmul_peak_gflops",
+    "train_gflops_achieved": "3 x forward flops (6 x MACs) * batch_size / training-step median latency, GFLOP/s; in "
+    "a trained cell: 2 x train_macs / train_time_s (measure.efficiency.training_efficiency)",
+    "train_peak_fraction": "train_gflops_achieved / matmul_peak_gflops",
     "erf_r50": "radius (pixels) holding 50% of the effective receptive field's mass, untrained model",
     "erf_r90": "radius holding 90%",
     "erf_r50_rel": "erf_r50 / the distance from the centre point to the farthest corner",
@@ -288,10 +291,15 @@ def _timed_figures(
     if spec["max_batch_mem_mb"] > 0:
         metrics.update(max_batch_throughput(model, options, device, spec))
 
-    if spec["efficiency"] and "fwd" in latencies and flops is not None:
+    if spec["efficiency"] and ("fwd" in latencies or "train" in latencies) and flops is not None:
         # with autocast the matmuls run in bfloat16: compare with that peak
         peak = matmul_peak_gflops(device, "bfloat16" if spec["amp"] else spec["dtype"])
-        metrics.update(efficiency(flops, options.batch, latencies["fwd"]["median_ms"], peak))
+        if "fwd" in latencies:
+            metrics.update(efficiency(flops, options.batch, latencies["fwd"]["median_ms"], peak))
+        if "train" in latencies:
+            step_ms = latencies["train"]["median_ms"]
+            metrics.update(train_step_efficiency(flops, options.batch, step_ms, peak))
+            metrics["matmul_peak_gflops"] = peak
 
     return metrics
 

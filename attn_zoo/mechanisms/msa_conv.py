@@ -150,6 +150,10 @@ class MSAConv(NeighborhoodMixer):
         if knobs.get("inter_pool", 1) < 1:
             raise KnobError(f"mechanism 'msa_conv': inter_pool must be >= 1 (1 = off), got {knobs['inter_pool']}")
 
+    def neighborhood_call_size(self, batch: int, height: int, width: int) -> tuple[int, int]:
+        hs, ws = self.attention_grid(height, width)  # inter-pooling: f^2 sub-images per image on a grid / f
+        return batch * self.inter_pool**2 * self.num_heads, hs * ws
+
     def attention_grid(self, height: int, width: int) -> tuple[int, int]:
         """The map the local attention runs on: ``(ceil(H/f), ceil(W/f))`` with inter-pooling, else ``(H, W)``."""
         f = self.inter_pool

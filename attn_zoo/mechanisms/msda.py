@@ -124,6 +124,9 @@ class MultiScaleDilatedAttention(NeighborhoodMixer):
         out = torch.cat(groups, dim=1)  # (B, heads, H, W, head_dim): new tensor, no write into x
         return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))
 
+    def neighborhood_call_size(self, batch: int, height: int, width: int) -> tuple[int, int]:
+        return batch * self.heads_per_group, height * width  # one kernel call per dilation group
+
     def attention_macs(self, height: int, width: int) -> int:
         n, c = height * width, self.dim
         window = neighborhood_attention_macs(
