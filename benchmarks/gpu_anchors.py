@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 from attn_zoo import create_model  # noqa: E402
 from attn_zoo.backbone.timm_weights import gcvit_from_timm, swin_from_timm  # noqa: E402
-from attn_zoo.layers.neighborhood import neighborhood_attention  # noqa: E402
+from attn_zoo.layers.backends import neighborhood_attention  # noqa: E402
 from attn_zoo.measure.latency import measure_latency  # noqa: E402
 
 PAIRS = [("swin_tiny_patch4_window7_224", "swin_t", swin_from_timm), ("gcvit_xxtiny", "gcvit_xxt", gcvit_from_timm)]

@@ -40,6 +40,13 @@ if role == "train":
     say("train start")
     wait_for_go()
     say("train end")
+elif role == "step":  # a training loop that steps aside for measurements between its steps
+    say("train start")
+    paused = 0.0
+    while not os.path.exists(go):
+        paused += machine.yield_to_measurement()
+        time.sleep(0.005)
+    say("train end, paused" if paused > 0 else "train end")
 else:
     say("measure waiting")
     with machine.measuring() as info:
@@ -163,3 +170,20 @@ def test_waiting_for_the_machine_does_not_count_against_the_time_limit(tmp_path)
         command = [sys.executable, "-c", WAITING_WORKER, mode]
         outcomes[mode] = run_cell_in_worker(cell, timeout_s=3.0, artifact_dir=tmp_path / mode, command=command)
     assert outcomes["note"]["status"] == "ok" and outcomes["silent"]["status"] == "timeout"
+
+
+def test_training_steps_aside_between_steps_for_a_waiting_measurement(tmp_path):
+    log, go = tmp_path / "log", tmp_path / "go"
+    trainer = _start(tmp_path, "step", log, go)
+    _wait_for(log, "train start")
+    measurer = _start(tmp_path, "measure", log, go)
+    _wait_for(log, "measure start")  # while the trainer still runs: it dropped its hold between two steps
+    assert trainer.poll() is None
+    assert log.read_text().splitlines() == ["train start", "measure waiting", "measure start"]
+    go.write_text("")
+    assert trainer.wait(60) == 0 and measurer.wait(60) == 0
+    assert sorted(log.read_text().splitlines()[3:]) == ["measure end", "train end, paused"]
+
+
+def test_yield_to_measurement_is_a_no_op_outside_a_locked_worker():
+    assert machine.yield_to_measurement() == 0.0

@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import attn_zoo
 from attn_zoo.backbone.timm_weights import dilateformer_from_official
 from attn_zoo.errors import KnobError, MechanismInputError, UnknownNameError
-from attn_zoo.layers.backends import availability
-from attn_zoo.layers.neighborhood import _natten_import_error, neighborhood_attention
+from attn_zoo.layers.backends import availability, neighborhood_attention
+from attn_zoo.layers.neighborhood import _natten_import_error
 from attn_zoo.measure.counting import analytic_attention_macs, count_model
 
 NATTEN_REASON = _natten_import_error()  # natten runs here (CPU forward) whenever it imports

@@ -10,12 +10,10 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from attn_zoo.errors import AttnZooError, BackendUnavailableError, MechanismInputError, UnknownNameError
+from attn_zoo.layers import backends
 from attn_zoo.layers import neighborhood as nb
-from attn_zoo.layers.neighborhood import (
-    available_backends,
-    neighborhood_attention,
-    neighborhood_attention_macs,
-)
+from attn_zoo.layers.backends import available_backends, neighborhood_attention
+from attn_zoo.layers.neighborhood import neighborhood_attention_macs
 
 BORDERS = ("zero", "masked", "inward")
 OURS = ("reference", "cpu_fast")
@@ -328,13 +326,13 @@ def test_natten_availability_by_device(monkeypatch, fresh_dispatch):
 def test_auto_follows_the_shape_table_on_cpu(monkeypatch):
     # DilateFormer-T's stage-2 calls (28 x 28, d = 24): the measured table puts cpu_fast first; on a 2 x 2 map
     # with many heads (zoo_s32's last stage) the unfold reference is faster
-    assert nb.choose_backend("auto", torch.zeros(1, 8, 2, 2, 12), "zero", (3, 3)) == "reference"
+    assert backends.choose_backend("auto", torch.zeros(1, 8, 2, 2, 12), "zero", (3, 3)) == "reference"
     calls = []
     real = nb._reference_na2d
     monkeypatch.setattr(nb, "_reference_na2d", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v = (torch.randn(1, 2, 28, 28, 24) for _ in range(3))
     for border in BORDERS:
-        assert nb.choose_backend("auto", q, border, (3, 3)) == "cpu_fast"
+        assert backends.choose_backend("auto", q, border, (3, 3)) == "cpu_fast"
         with FlopCounterMode(display=False) as counter:
             neighborhood_attention(q, k, v, (3, 3), scale=1.0, border=border)
         assert torch.ops.attn_zoo.na2d in counter.get_flop_counts()["Global"]

@@ -208,25 +208,6 @@ def attention_flex(
     return out.reshape(B, h, nW, N, v.shape[-1]).transpose(1, 2)[..., :d_v]
 
 
-def dense_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    bias: torch.Tensor | None = None,
-    backend: str = "reference",
-) -> torch.Tensor:
-    """Attention over all key positions with path ``backend``: a name, or ``"auto"`` (the dispatch table's choice
-    for these shapes, :func:`attn_zoo.layers.backends.select`); a path that cannot run here is an error."""
-    from attn_zoo.layers import backends
-
-    call = dense_call(q, k, v, bias)
-    offered = tuple(backends.TABLE.get(q.device.type, {}).get("dense", ()))
-    name = backends.select(backend, offered, q.device, op="dense", owner="dense attention", call=call)
-    return backends.run("dense", name, q.device, q, k, v, scale=scale, bias=bias)
-
-
 def dense_call(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, bias: torch.Tensor | None = None
 ) -> dict[str, object]:

@@ -324,3 +324,114 @@ def run(op: str, name: str, device: torch.device, *args: Any, **kwargs: Any) -> 
     for ran in _RECORDERS:
         ran.append((op, name, device.type))
     return paths[name].run(*args, **kwargs)
+
+
+def dense_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    bias: torch.Tensor | None = None,
+    backend: str = "reference",
+) -> torch.Tensor:
+    """Attention over all key positions with path ``backend``: a name, or ``"auto"`` (the dispatch table's choice
+    for these shapes, :func:`select`); a path that cannot run here is an error."""
+    call = dense.dense_call(q, k, v, bias)
+    offered = tuple(TABLE.get(q.device.type, {}).get("dense", ()))
+    name = select(backend, offered, q.device, op="dense", owner="dense attention", call=call)
+    return run("dense", name, q.device, q, k, v, scale=scale, bias=bias)
+
+
+def neighborhood_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: tuple[int, int] | int,
+    dilation: tuple[int, int] | int = (1, 1),
+    *,
+    scale: float,
+    border: str = "zero",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """2-D dilated neighbourhood attention.
+
+    Args:
+        q: queries, ``(B, heads, H, W, d_qk)``.
+        k: keys, ``(B, heads, H, W, d_qk)``.
+        v: values, ``(B, heads, H, W, d_v)``.
+        kernel_size: ``(k_h, k_w)``, each odd and >= 1; rectangular windows such as ``(5, 1)`` are
+            allowed. An int means a square window.
+        dilation: ``(d_h, d_w)``, each >= 1 (an int means the same on both axes).
+        scale: the logit scale, usually ``d_qk ** -0.5``.
+        border: ``"zero"`` (default), ``"masked"`` or ``"inward"``; see below.
+        backend: ``"auto"``, ``"reference"``, ``"cpu_fast"`` or ``"natten"``.
+
+    Returns:
+        ``(B, heads, H, W, d_v)``, in the dtype of ``q``.
+
+    Semantics. With ``r_h = (k_h - 1) // 2`` and ``r_w = (k_w - 1) // 2``, the neighbours of query
+    ``(i, j)`` are the ``k_h * k_w`` positions ``(i + (a - r_h) * d_h, j + (b - r_w) * d_w)`` for
+    ``0 <= a < k_h``, ``0 <= b < k_w``. The logits are ``scale * q[i, j] . k[neighbour]``; the softmax runs
+    over the ``k_h * k_w`` neighbours; the output is the probability-weighted sum of the neighbours' ``v``.
+    What a neighbour outside the image means depends on ``border``:
+
+    * ``"zero"`` (DilateFormer's official behaviour): it is a zero key and a zero value that still takes
+      part in the softmax, with logit exactly 0 and value 0. This is what ``nn.Unfold`` with zero padding
+      ``d * (k - 1) / 2`` gives. Any ``H, W`` is allowed, even smaller than the window.
+    * ``"masked"``: it is left out of the softmax (the query itself is always a neighbour, so the softmax
+      never becomes empty). Any ``H, W`` is allowed.
+    * ``"inward"`` (NAT/DiNAT, natten's definition, stride 1, non-causal): along each axis the map of size
+      ``n`` splits into ``d`` interleaved sub-grids (positions with the same ``x mod d``); inside its
+      sub-grid, of ``n_g`` positions, a query at sub-grid index ``x // d`` uses the window centred at
+      ``clamp(x // d, r, n_g - 1 - r)``, i.e. the window is shifted inward at the border so every query
+      has ``k_h * k_w`` real neighbours. Requires ``H >= k_h * d_h`` and ``W >= k_w * d_w`` (natten's
+      condition: it makes every sub-grid at least one window long); otherwise ``MechanismInputError``.
+
+    Gradients flow to ``q``, ``k`` and ``v`` on the ``reference`` and ``cpu_fast`` backends (first order
+    only on ``cpu_fast``). ``natten`` has no backward on CPU (its flex path), so it refuses inputs that
+    require grad there.
+
+    FLOPs: ``FlopCounterMode`` counts ``2 * B * heads * H * W * k_h * k_w * (d_qk + d_v)`` for the forward
+    (see :func:`neighborhood_attention_macs`) and twice that for the backward on both the ``reference``
+    and ``cpu_fast`` backends; out-of-image neighbours are counted too, as the unfold formulation
+    computes them. Under a dispatch mode (FlopCounterMode) a natten call runs as ``cpu_fast``, the same
+    inward attention with a formula, so the count never depends on the backend.
+
+    Raises:
+        MechanismInputError: wrong rank, mismatched shapes/dtypes/devices, even or non-positive kernel,
+            dilation < 1, non-finite scale, an ``"inward"`` map smaller than kernel * dilation, or a
+            natten-only constraint (border other than ``"inward"``, a kernel dimension of 1).
+        UnknownNameError: unknown ``border`` or ``backend``.
+        BackendUnavailableError: ``backend="natten"`` when natten is not importable, when inputs require
+            grad on CPU, or when natten has no kernel for the call (on CPU its flex path needs
+            ``d_qk == d_v``, a power of two in [8, 512], and float32/16); the message says which.
+    """
+    kernel, dil = nb._validate(q, k, v, kernel_size, dilation, scale, border, backend)
+    chosen = choose_backend(backend, q, border, kernel)
+    return run("neighborhood", chosen, q.device, q, k, v, kernel, dil, float(scale), border)
+
+
+def choose_backend(backend: str, q: torch.Tensor, border: str, kernel: tuple[int, int]) -> str:
+    """The concrete backend a call with ``backend`` runs: the dispatch table's choice
+    (:func:`attn_zoo.layers.backends.select`) for this call; a forced ``"natten"`` is checked against the call.
+
+    Under a dispatch mode such as ``FlopCounterMode`` natten becomes ``cpu_fast`` (same inward attention):
+    natten's kernels carry no FLOP formula and its CPU flex path refuses to run under a dispatch mode, while
+    ``cpu_fast`` is counted by its registered formula, so counts never depend on the backend.
+    """
+    if backend == "natten":
+        nb._check_natten_call(border, kernel)
+    call = nb.na_call(q, border, kernel)
+    return select(backend, nb.BACKENDS[1:], q.device, op="neighborhood", owner="neighborhood attention", call=call)
+
+
+def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:
+    """Which concrete backends are usable on ``device``: ``{name: None}`` if one is, else ``{name: reason}``.
+
+    The dispatch table's answer (:mod:`attn_zoo.layers.backends`): a path is usable when its kernel ran once
+    here, forward and backward. ``natten`` counts only where it is a real fast path: CUDA with natten's compiled
+    kernels (libnatten). On CPU natten runs its unfused flex path, forward only, so it is reported with that
+    reason; forcing ``backend="natten"`` still runs it there (without gradients), as the parity tests do.
+    """
+    return {name: unavailable_reason(name, device, "neighborhood") for name in nb.BACKENDS[1:]}

@@ -11,6 +11,9 @@ network file system, where one lock would serialise different machines).
   lock and then ``exec`` the real worker, which inherits it.
 - Measuring takes ``LOCK`` *exclusive* (:func:`measuring`): the worker drops its shared hold, waits on the
   turnstile, waits until no other worker holds ``LOCK``, times, then goes back to shared.
+- Training steps aside between steps (:func:`yield_to_measurement`): when a measurement waits, a training
+  worker drops its shared hold until the measurement has timed, so a measurement waits for one step of each
+  other cell, not for the end of their training.
 - The turnstile gives a waiting measurement priority: a measurement holds it while it waits for ``LOCK``, and
   a starting worker passes it (takes and drops it) before it asks for its shared hold, so new cells cannot
   starve a measurement that waits. Nobody waits for ``LOCK`` while holding the turnstile except the one
@@ -106,6 +109,45 @@ def measuring() -> Iterator[dict[str, float]]:
         if held is not None:
             os.close(turn)
             fcntl.flock(fd, fcntl.LOCK_SH)  # back to computing (a downgrade: never waits on a measurement)
+
+
+_TURN_FD: dict[int, int] = {}
+
+
+def yield_to_measurement() -> float:
+    """Step aside for a waiting measurement: training calls this between steps. When another cell's
+    measurement waits for the machine (it holds the turnstile), drop this worker's shared hold, pass the
+    turnstile once the measurement has the machine, and take the shared hold back when it has timed. Returns
+    the seconds paused: one non-blocking ``flock`` and 0 when nobody waits, and a no-op outside a locked
+    worker. So a measurement waits at most one training step of each other cell, not their whole training."""
+    held = _held()
+    if held is None:
+        return 0.0
+    import fcntl
+
+    fd, turn_path = held
+    pid = os.getpid()
+    if pid not in _TURN_FD:
+        _TURN_FD[pid] = os.open(turn_path, os.O_RDWR | os.O_CREAT, 0o644)
+    turn = _TURN_FD[pid]
+    try:
+        fcntl.flock(turn, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:  # a measurement (or a starting worker, for an instant) holds the turnstile
+        pass
+    else:
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        return 0.0
+    start = time.perf_counter()
+    _note_wait(waiting_since=time.monotonic())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.flock(turn, fcntl.LOCK_SH)  # granted once the measurement holds the machine and drops the turnstile
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # granted when the measurement goes back to shared
+    finally:
+        waited = time.perf_counter() - start
+        _note_wait(waited=waited)
+    return waited
 
 
 # The executor's time limit of a cell does not count the time it waits for the machine: a worker notes its

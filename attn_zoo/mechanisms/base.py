@@ -32,8 +32,8 @@ class Mixer(nn.Module):
         backends: the attention paths this mechanism offers. Whether one runs here is the dispatch table's
             answer, and which one ``backend="auto"`` takes is the measured shape table's, for the call's shapes
             (:func:`attn_zoo.layers.backends.select`; docs/backends.md).
-        op: the attention op the mechanism calls: ``"dense"`` (:func:`attn_zoo.layers.attention.dense_attention`,
-            through :meth:`attend`) or ``"neighborhood"`` (:func:`attn_zoo.layers.neighborhood.neighborhood_attention`).
+        op: the attention op the mechanism calls: ``"dense"`` (:func:`attn_zoo.layers.backends.dense_attention`,
+            through :meth:`attend`) or ``"neighborhood"`` (:func:`attn_zoo.layers.backends.neighborhood_attention`).
         paper: one line naming the paper and the official code it follows.
         ignores: what the output does not depend on by design, each with the reason, e.g.
             ``{"channels": "only the first C/2 channels are mixed"}``; keys ``positions``, ``channels``,
@@ -144,7 +144,7 @@ class Mixer(nn.Module):
 
 
 class NeighborhoodMixer(Mixer):
-    """A mixer whose attention is :func:`attn_zoo.layers.neighborhood.neighborhood_attention` (MSDA,
+    """A mixer whose attention is :func:`attn_zoo.layers.backends.neighborhood_attention` (MSDA,
     MSA-Conv): it has ``border`` and ``kernel`` knobs, a forced backend is checked against them (natten needs
     ``border="inward"``), and the concrete path chosen here (never ``"auto"``) is what the kernel runs."""
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.neighborhood import neighborhood_attention
+from attn_zoo.layers.backends import neighborhood_attention
 from attn_zoo.mechanisms.base import NeighborhoodMixer
 from attn_zoo.registry import register_mechanism
 

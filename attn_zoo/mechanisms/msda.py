@@ -3,7 +3,7 @@
 Follows JIAOJIAYUASD/dilateformer (models/dilateformer.py, ``MultiDilatelocalAttention`` and
 ``DilateAttention``). The heads are split into one contiguous group per dilation; each group runs sliding-window
 attention over the k x k neighbours of every query at its own dilation. The neighbourhood computation is the
-shared kernel :func:`attn_zoo.layers.neighborhood.neighborhood_attention`; this file only arranges the heads.
+shared kernel :func:`attn_zoo.layers.backends.neighborhood_attention`; this file only arranges the heads.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.neighborhood import neighborhood_attention, neighborhood_attention_macs
+from attn_zoo.layers.backends import neighborhood_attention
+from attn_zoo.layers.neighborhood import neighborhood_attention_macs
 from attn_zoo.mechanisms.base import NeighborhoodMixer
 from attn_zoo.registry import register_mechanism
 
