@@ -22,6 +22,8 @@ import torch
 from attn_zoo.backbone.config import ModelConfig
 from attn_zoo.backbone.harness import Backbone
 from attn_zoo.budget import Budget, match_budget
+from attn_zoo.measure import machine
+from attn_zoo.measure.efficiency import training_efficiency
 from attn_zoo.measure.environment import environment
 from attn_zoo.measure.profile import is_oom, measure_after_training, measure_model
 from attn_zoo.train.recipe import Diverged, seed_everything
@@ -81,6 +83,9 @@ def run_cell(
         backends = trained.backends or backends
         if trained.checkpoint:
             artifacts["checkpoint"] = trained.checkpoint
+        if trained.status == "ok" and main_rank:
+            with machine.measuring():  # the matmul peak it compares against is a timing
+                metrics.update(training_efficiency(metrics, device, measure.get("dtype", "float32")))
         if trained.status == "ok" and trained.model is not None and main_rank:
             after = measure_after_training(
                 trained.model,
