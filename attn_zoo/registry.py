@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import os
@@ -24,10 +23,15 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
-from attn_zoo.mechanisms.base import Mixer
+from attn_zoo.names import Registry
+
+if TYPE_CHECKING:  # imported where used: the CLI reads this module without loading torch
+    import importlib.metadata
+
+    from attn_zoo.mechanisms.base import Mixer
 
 ENTRY_POINT_GROUP = "attn_zoo.mechanisms"
 _RESERVED = ("self", "dim", "num_heads", "feat_size")
@@ -127,7 +131,12 @@ class MechanismSpec:
                 self.resolve_knobs(knobs, stage=stage, occurrence=occurrence)
 
 
-_REGISTRY: dict[str, MechanismSpec] = {}
+class PluginWarning(RuntimeWarning):
+    """A plugin failed to load (the reason is also in :func:`plugin_errors`). ``attn-zoo`` shows it once as
+    one line instead of a Python warning."""
+
+
+_REGISTRY: Registry[MechanismSpec] = Registry("mechanism")  # loaded by _ensure_loaded, not on lookup
 _PLUGIN_ERRORS: dict[str, str] = {}
 _PLUGIN_FILES: dict[Path, list[str]] = {}  # resolved path -> names the file registered
 _LOADED = {"builtins": False, "entry_points": False}
@@ -147,6 +156,8 @@ def register_mechanism(
     """
 
     def wrap(cls: type[Mixer]) -> type[Mixer]:
+        from attn_zoo.mechanisms.base import Mixer
+
         if not (isinstance(cls, type) and issubclass(cls, Mixer)):
             raise TypeError(f"@register_mechanism needs a Mixer subclass, got {cls!r}")
         builtin = cls.__module__.startswith(_BUILTIN_PACKAGE + ".")
@@ -200,7 +211,7 @@ def _ensure_loaded() -> None:
 
 def _report(key: str, message: str) -> None:
     _PLUGIN_ERRORS[key] = message
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, PluginWarning, stacklevel=3)
 
 
 def _set_source(names: list[str], source: str) -> None:
@@ -217,6 +228,8 @@ def load_entry_points() -> dict[str, str]:
     ``RuntimeWarning`` and in :func:`plugin_errors`; whatever it registered is removed, the others load.
     """
     _load_builtins()
+    import importlib.metadata  # here, not at the top: the CLI reads this module at start-up
+
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         package = f"{dist.name} {dist.version}" if dist is not None else "an installed package"
@@ -240,6 +253,8 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint, before: Mapping[str, Me
             f"the name {ep.name!r} is taken by the built-in mechanism {old.__module__}.{old.__qualname__}; "
             f"rename the entry point (and the mechanism) in the plugin's pyproject.toml"
         )
+    from attn_zoo.mechanisms.base import Mixer
+
     obj = ep.load()
     if isinstance(obj, types.ModuleType):
         added = sorted(set(_REGISTRY) - set(before))
@@ -250,7 +265,13 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint, before: Mapping[str, Me
         raise ConfigError(f"expected a Mixer subclass (or a module registering one), got {obj!r}")
     if obj.name and obj.name in _REGISTRY and _REGISTRY[obj.name].cls is obj and obj.name != ep.name:
         raise ConfigError(
-            f"the class registers itself as {obj.name!r} but the entry point is named {ep.name!r}; use one name"
+            f"the class registers itself as {obj.name!r} but the entry point is named {ep.name!r}; use one name: "
+            f"@register_mechanism({ep.name!r}) or rename the entry point to {obj.name!r}"
+        )
+    if not obj.__dict__.get("name"):
+        raise ConfigError(
+            f"class {obj.__qualname__} is not registered: decorate it with @register_mechanism({ep.name!r}) "
+            "(the entry point's name), so that --plugin files, worker processes and the kit find it too"
         )
     register_mechanism(ep.name)(obj)
     return sorted(set(_REGISTRY) - set(before)) or [ep.name]
@@ -295,6 +316,8 @@ def _module_from_file(resolved: Path) -> types.ModuleType | None:
 
 def _reregister(module: types.ModuleType, resolved: Path) -> list[str]:
     """Names of the mechanisms ``module`` defines, registering again any that a reset registry dropped."""
+    from attn_zoo.mechanisms.base import Mixer
+
     names = []
     for obj in vars(module).values():
         if isinstance(obj, type) and issubclass(obj, Mixer) and obj.__module__ == module.__name__ and obj.name:
@@ -349,9 +372,34 @@ def get_mechanism(name: str) -> MechanismSpec:
         return _REGISTRY[name]
     except KeyError:
         err = UnknownNameError("mechanism", name, _REGISTRY)
-        if _PLUGIN_ERRORS:  # the mechanism may be in a plugin that failed: say so
-            err.args = (f"{err.args[0]}; note: {'; '.join(_PLUGIN_ERRORS.values())}",)
+        notes = [*_PLUGIN_ERRORS.values(), *_empty_file_notes()]
+        if notes:  # the mechanism may be in a plugin that failed or registered nothing: say so
+            err.args = (f"{err.args[0]}; note: {'; '.join(notes)}",)
         raise err from None
+
+
+def _empty_file_notes() -> list[str]:
+    """One line per loaded plugin file that registered no mechanism, naming undecorated Mixer classes."""
+    from attn_zoo.mechanisms.base import Mixer
+
+    notes = []
+    for path, names in _PLUGIN_FILES.items():
+        if names:
+            continue
+        module = _module_from_file(path)
+        plain = [
+            obj.__name__
+            for obj in vars(module or types.ModuleType("empty")).values()
+            if isinstance(obj, type) and issubclass(obj, Mixer) and obj.__module__ == getattr(module, "__name__", "")
+        ]
+        hint = (
+            f"{', '.join(plain)} {'is a Mixer subclass' if len(plain) == 1 else 'are Mixer subclasses'} without "
+            "@register_mechanism"
+            if plain
+            else "no Mixer subclass decorated with @register_mechanism"
+        )
+        notes.append(f"plugin file {path.name!r} registered no mechanism ({hint})")
+    return notes
 
 
 def create_mechanism(

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script (--summary) without PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
-from attn_zoo.layers.neighborhood import neighborhood_attention  # noqa: E402
+from attn_zoo.layers.backends import neighborhood_attention  # noqa: E402
 
 THREADS = 2
 BATCH, SIZE, HEAD_DIM = 8, 56, 24

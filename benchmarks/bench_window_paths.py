@@ -3,9 +3,9 @@
 The window mechanisms (Swin, IWSA, GC-ViT local and global blocks) run attention over 49-token windows
 at Swin-T's stage 1 (56 x 56, 96 channels, 3 heads) and stage 3 (14 x 14, 384 channels, 12 heads), batch 8,
 window 7. Each mixer is timed alone with both paths, interleaved in every round (the order alternates), on
-2 threads; forward under ``torch.no_grad()`` and forward + backward. This decides the CPU ``auto`` order of
-those mechanisms (``Mixer.auto_order``; docs/backends.md). Each pytest-benchmark round is one call of each
-path; per-path times and the per-round ratio sdpa / reference are in ``extra_info``::
+2 threads; forward under ``torch.no_grad()`` and forward + backward. It decided the CPU ``auto`` order of
+those mechanisms before the shape table (now ``bench_auto_table.py``; docs/backends.md). Each round is one call
+of each path; per-path times and the per-round ratio sdpa / reference are in ``extra_info``::
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. /work/venv/bin/python -m pytest benchmarks/bench_window_paths.py \\
         --benchmark-json=benchmarks/results/window-paths-cpu.json

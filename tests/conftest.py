@@ -31,6 +31,16 @@ def cifar10_jpeg() -> Path:
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.fixture
+def fresh_dispatch():
+    """Forget the dispatch table's cached probes and choices before and after a test that changes what runs."""
+    from attn_zoo.layers import backends
+
+    backends.forget()
+    yield
+    backends.forget()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _cache_dir(tmp_path_factory):
     """Generated data and caches of the tests go to a temporary cache directory, not the user's."""

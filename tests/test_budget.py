@@ -6,11 +6,11 @@ import pytest
 
 from attn_zoo.backbone.config import MixerSpec
 from attn_zoo.backbone.presets import resolve_config
+from attn_zoo.budget import Budget, BudgetOutOfReach, budget_metric, match_budget, scale_width
 from attn_zoo.errors import ConfigError, KnobError
 from attn_zoo.grid.cell import run_cell
 from attn_zoo.grid.suite import load_suite
 from attn_zoo.registry import PerStage
-from attn_zoo.train.budget import Budget, BudgetOutOfReach, budget_metric, match_budget, scale_width
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -34,6 +34,10 @@ def test_tiny_suite_writes_store_rows_and_plot(tiny_run):
         assert frame[column].notna().all(), column
     assert (frame["flops"] == 2 * frame["macs"]).all()
     assert (frame["budget_target"] == 200000).all()
+    # training efficiency: 6 x MACs x images / training time, against the measured matmul peak
+    assert ((frame["train_gflops_achieved"] > 0) & (frame["train_peak_fraction"] > 0)).all()
+    ratio = frame["train_gflops_achieved"] / frame["matmul_peak_gflops"]
+    assert (abs(ratio - frame["train_peak_fraction"]) < 1e-9).all()
     cells = store.cells()
     assert all(c["environment"]["torch"] and c["environment"]["threads"] == 1 for c in cells)
     assert all(c["backends"] for c in cells)

@@ -111,7 +111,8 @@ def test_store_from_the_first_release_opens_and_resumes(tmp_path):
     db.commit()
     db.close()
     ran = []
-    run_suite(suite, path, runner=lambda c: ran.append(c.cell_id) or fake_runner(c), progress=False)
+    # the old row records no code: kept only when asked (keep_stale), else re-run
+    run_suite(suite, path, runner=lambda c: ran.append(c.cell_id) or fake_runner(c), progress=False, keep_stale=True)
     assert ran == [suite.cells[1].cell_id]  # the old finished cell is kept, not re-run
     frame = Store(path).frame().set_index("cell_id")
     assert frame.loc[done.cell_id, "val_top1"] == 71.5 and frame.loc[done.cell_id, "config_id"] == done.config_id

@@ -61,15 +61,22 @@ def test_bench_preset_target_without_store(capsys):
     ("argv", "message"),
     [
         (["bench", "nope"], "unknown preset or mechanism 'nope'; allowed:"),
-        (["bench", "global", "--img-size", "4"], "--img-size 4 too small; allowed: >= 8"),
+        (["bench", "global", "--img-size", "4"], "argument --img-size: got '4'; allowed: an integer >= 8"),
         (["bench", "global", "--knob", "window"], "--knob 'window': expected KEY=VALUE"),
         (["bench", "global", "--knob", "window=7"], "unknown knob of mechanism 'global' 'window'"),
         (["bench", "swin_t", "--knob", "window=7"], "--knob applies to mechanism targets; none given"),
-        (["bench", "global", "--target-ci", "3"], "measure.target_ci = 3.0: must be in [0, 1)"),
+        (
+            ["bench", "global", "--target-ci", "3"],
+            "argument --target-ci: got '3'; allowed: a finite number > 0 and <= 1",
+        ),
     ],
 )
 def test_bench_user_errors_are_one_line(argv, message, capsys, tmp_path):
-    assert main([*argv, "--store", str(tmp_path / "s.sqlite")]) == 2
+    try:  # argparse's own checks (numbers out of range) exit from inside main
+        code = main([*argv, "--store", str(tmp_path / "s.sqlite")])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     assert not (tmp_path / "s.sqlite").exists()  # nothing written before the arguments are known good

@@ -65,16 +65,23 @@ def test_measure_model_writes_every_documented_column(tmp_path):
     expected = {"params", "macs", "flops", "attention_macs", "attention_macs_formula", "tokens", "latency_median_ms"}
     expected |= {"throughput_img_s", "throughput_train_img_s", "weights_mb", "peak_mem_fwd_mb", "peak_mem_train_mb"}
     expected |= {"act_mem_fwd_mb", "gflops_achieved", "matmul_peak_gflops", "peak_fraction", "erf_r50", "erf_r90"}
+    expected |= {"train_gflops_achieved", "train_peak_fraction"}
     assert expected <= set(metrics)
     undocumented = [k for k in metrics if not documented(k)]
     assert not undocumented, f"metrics missing from METRIC_DOCS / docs/measurement.md: {undocumented}"
-    assert all(isinstance(v, float | int) for v in metrics.values())
+    # every value a number, but the timed calls of each mode (a list the store keeps as samples)
+    assert all(isinstance(v, float | int) for k, v in metrics.items() if not k.endswith("_times_ms"))
+    assert [len(metrics[f"latency_{m}_times_ms"]) for m in ("fwd", "fwdbwd", "train")] == [2, 2, 2]
     assert metrics["latency_median_ms"] == metrics["latency_fwd_median_ms"]
     assert metrics["attention_macs_formula"] == metrics["attention_macs"]
     assert metrics["tokens"] == 16 * 16
     assert metrics["flops"] == 2 * metrics["macs"]
     assert metrics["peak_fraction"] == pytest.approx(metrics["gflops_achieved"] / metrics["matmul_peak_gflops"])
     assert metrics["gflops_achieved"] == pytest.approx(metrics["flops"] / metrics["latency_fwd_median_ms"] / 1e6)
+    # a training step: forward + backward = 3 x the forward flops (6 x MACs) per image
+    train_gflops = 3 * metrics["flops"] / metrics["latency_train_median_ms"] / 1e6
+    assert metrics["train_gflops_achieved"] == pytest.approx(train_gflops)
+    assert metrics["train_peak_fraction"] == pytest.approx(train_gflops / metrics["matmul_peak_gflops"])
     assert artifacts == {"erf_untrained": str(tmp_path / "erf_untrained.npy")}
     # every measurement ran on copies: the caller's weights and mode are as they were
     assert model.training
@@ -173,3 +180,18 @@ def test_largest_batch_under_a_memory_cap():
     spec = resolve_measure({"max_batch_mem_mb": 1e-3})
     with pytest.warns(RuntimeWarning, match="batch 1 already exceeds max_batch_mem_mb"):
         assert max_batch_throughput(model, options, torch.device("cpu"), spec) == {"max_batch": 0.0}
+
+
+def test_training_efficiency_of_a_trained_cell(monkeypatch):
+    monkeypatch.setattr(eff, "matmul_peak_gflops", lambda device, dtype: 80.0)
+    row = {"train_macs": 3e12, "train_time_s": 150.0}
+    got = eff.training_efficiency(row, "cpu", "float32")
+    assert got == {"train_gflops_achieved": 40.0, "matmul_peak_gflops": 80.0, "train_peak_fraction": 0.5}
+    assert eff.training_efficiency({"train_time_s": 1.0}) == {}
+
+
+def test_environment_commit_can_be_named_for_a_copy_without_git(monkeypatch):
+    from attn_zoo.measure.environment import environment
+
+    monkeypatch.setenv("ATTN_ZOO_COMMIT", "abc1234")
+    assert environment("cpu")["commit"] == "abc1234"

@@ -269,7 +269,7 @@ PROPERTY_KNOBS = [
 
 @pytest.mark.parametrize("knobs", PROPERTY_KNOBS)
 def test_batch_independent_deterministic_and_low_precision(knobs):
-    m = make(16, 2, dtype=torch.float32, backend="auto", **knobs)
+    m = make(16, 2, dtype=torch.float32, backend="cpu_fast", **knobs)  # auto takes reference on maps this small
     x = torch.randn(3, 9, 7, 16)
     y = m(x)
     assert y.shape == x.shape and m.last_backend == "cpu_fast"

@@ -10,8 +10,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import attn_zoo
 from attn_zoo.backbone.timm_weights import dilateformer_from_official
 from attn_zoo.errors import KnobError, MechanismInputError, UnknownNameError
-from attn_zoo.layers.backends import availability
-from attn_zoo.layers.neighborhood import _natten_import_error, neighborhood_attention
+from attn_zoo.layers.backends import availability, neighborhood_attention
+from attn_zoo.layers.neighborhood import _natten_import_error
 from attn_zoo.measure.counting import analytic_attention_macs, count_model
 
 NATTEN_REASON = _natten_import_error()  # natten runs here (CPU forward) whenever it imports
@@ -247,7 +247,7 @@ def test_natten_equals_reference_forward_on_cpu():
 
 def test_auto_backend_on_cpu_and_registry():
     m = make(border="inward")
-    m(torch.randn(1, 9, 9, 24))
+    m(torch.randn(1, 28, 28, 24))  # DilateFormer-T stage-2 sized: the shape table puts cpu_fast first
     assert m.last_backend == "cpu_fast"  # natten is used by "auto" only on CUDA
     found = availability(m.backends, "cpu")
     assert found["cpu_fast"] is None and found["reference"] is None

@@ -74,8 +74,9 @@ def test_entry_points_register_and_a_broken_plugin_does_not_stop_the_others(tmp_
         tmp_path,
         "good_plugin",
         {"scale_ep": "good_mod:Scale", "scale_deco": "deco_mod"},
-        {"good_mod": UNDECORATED, "deco_mod": SCALE.format(name="scale_deco")},
+        {"good_mod": SCALE.format(name="scale_ep"), "deco_mod": SCALE.format(name="scale_deco")},
     )
+    fake_distribution(tmp_path, "plain_plugin", {"plain": "plain_mod:Scale"}, {"plain_mod": UNDECORATED})
     fake_distribution(
         tmp_path, "broken_plugin", {"broken": "broken_mod:Thing"}, {"broken_mod": "import no_such_module\n"}
     )
@@ -85,7 +86,7 @@ def test_entry_points_register_and_a_broken_plugin_does_not_stop_the_others(tmp_
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         errors = load_entry_points()
-    assert len(caught) == 3 and all(w.category is RuntimeWarning for w in caught)
+    assert len(caught) == 4 and all(issubclass(w.category, RuntimeWarning) for w in caught)
     assert any("plugin 'broken' from broken_plugin 0.1 (broken_mod:Thing) failed" in str(w.message) for w in caught)
     mechs = attn_zoo.list_mechanisms()
     assert mechs["scale_ep"].source == "plugin good_plugin 0.1" and mechs["scale_ep"].knobs["gain"].default == 2.0
@@ -94,6 +95,11 @@ def test_entry_points_register_and_a_broken_plugin_does_not_stop_the_others(tmp_
     assert "ModuleNotFoundError: No module named 'no_such_module'" in errors["entry point broken"]
     assert "the name 'swin' is taken by the built-in mechanism attn_zoo.mechanisms.swin" in errors["entry point swin"]
     assert "expected a Mixer subclass" in errors["entry point not_a_mixer"]
+    assert (
+        "class Scale is not registered: decorate it with @register_mechanism('plain') (the entry point's name)"
+        in errors["entry point plain"]
+    )
+    assert "plain" not in mechs
     assert plugin_errors() == errors
     # asking for the broken plugin's mechanism says why it is missing
     with pytest.raises(UnknownNameError, match=r"unknown mechanism 'broken'.*plugin 'broken' .* failed to load"):
@@ -248,3 +254,35 @@ def test_isolated_registry_undoes_everything(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_plugin_file(tmp_path / "temp.py") == ["scale_temp"]  # the module is reused, re-registered
+
+
+def test_cli_shows_a_failed_plugin_once_as_one_line(tmp_path, monkeypatch, capsys):
+    fake_distribution(
+        tmp_path, "named_plugin", {"other_name": "named_cli:Scale"}, {"named_cli": SCALE.format(name="real_name")}
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry._LOADED, "entry_points", False)  # as in a new process
+    assert main(["check", "swin", "--only", "shape"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("registers itself as 'real_name' but the entry point is named 'other_name'") == 1
+    assert (
+        err.startswith("attn-zoo: warning: plugin 'other_name' from named_plugin 0.1 (named_cli:Scale)")
+        and err.count("\n") == 1
+    )
+    assert main(["check", "other_name"]) == 2  # the error line says why; no second warning line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown mechanism 'other_name'" in err and "use one name" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "note"),
+    [
+        (UNDECORATED, "plugin file 'plain.py' registered no mechanism (Scale is a Mixer subclass without "),
+        ("VALUE = 3\n", "plugin file 'plain.py' registered no mechanism (no Mixer subclass decorated with "),
+    ],
+)
+def test_plugin_file_that_registers_nothing_is_named_when_its_mechanism_is_asked_for(tmp_path, capsys, text, note):
+    plugin = write(tmp_path / "plain.py", text)
+    assert main(["--plugin", str(plugin), "check", "plain"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown mechanism 'plain'" in err and note in err and err.count("\n") == 1

@@ -17,6 +17,7 @@ import pytest
 from attn_zoo.cli import main
 from attn_zoo.cli.new_cmd import names, scaffold
 from attn_zoo.errors import ConfigError
+from attn_zoo.testing import CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,4 +110,4 @@ def test_scaffold_installs_lists_and_passes_the_kit(tmp_path, capsys):
 
     checked = attn_zoo("check", "my_attn")
     assert checked.returncode == 0, checked.stdout
-    assert "9 passed, 0 failed, 0 skipped" in checked.stdout
+    assert f"{len(CHECKS)} passed, 0 failed, 0 skipped" in checked.stdout

@@ -4,7 +4,7 @@ which has the cell id `attn-zoo run` gives the cell. The sharded sampler hands r
 each global batch the one-process run draws; bad world sizes and cell names are one clear error.
 
 The run is the command docs/scaling.md lists, `torchrun --standalone --nproc_per_node=2 -m
-attn_zoo.train.distributed SUITE --cell 0 --out DIR` (as `python -m torch.distributed.run`). Runtime on 2
+attn_zoo.cli.ddp SUITE --cell 0 --out DIR` (as `python -m torch.distributed.run`). Runtime on 2
 loaded CPU cores: ~35 s (two torchrun jobs of 10 steps each); the other tests take ~1 s.
 """
 
@@ -20,9 +20,10 @@ import pytest
 import torch
 from _grid_fakes import ROOT
 
+from attn_zoo.cli.ddp import main
 from attn_zoo.grid import Store, load_suite
 from attn_zoo.train.data import EpochSampler
-from attn_zoo.train.distributed import ShardedEpochSampler, main
+from attn_zoo.train.distributed import ShardedEpochSampler
 
 # augmentation, dropout and stochastic depth off: per-image randomness differs between one and two
 # processes (each rank draws its own); the data order does not
@@ -108,7 +109,7 @@ def test_cells_are_named_by_index_or_id(tmp_path, capsys):
 
 def _torchrun(nproc: int, suite, out) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    command += ["-m", "attn_zoo.train.distributed", str(suite), "--cell", "0", "--out", str(out)]
+    command += ["-m", "attn_zoo.cli.ddp", str(suite), "--cell", "0", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -148,5 +149,5 @@ def test_two_cpu_processes_reach_the_loss_of_one_with_the_same_global_batch(tmp_
 def test_the_guide_lists_the_commands_this_file_runs():
     guide = (ROOT / "docs" / "scaling.md").read_text()
     for nproc, out in ((1, "one"), (2, "two")):
-        line = f"--nproc_per_node={nproc} -m attn_zoo.train.distributed suite.toml --cell 0 --out {out}"
+        line = f"--nproc_per_node={nproc} -m attn_zoo.cli.ddp suite.toml --cell 0 --out {out}"
         assert f"torchrun --standalone {line}" in guide

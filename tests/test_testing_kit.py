@@ -95,12 +95,36 @@ def test_check_command_fails_with_status_1_and_says_what_to_fix(tmp_path, capsys
 
 
 @pytest.mark.parametrize(
+    ("planted", "message"),
+    [
+        ("PlantedIgnoresChannels", "input 12 of 24 channels: 12-23 (the second half)"),
+        ("PlantedIgnoresBottomHalf", "input 32 of 64 positions: rows 4-7 (the bottom half)"),
+        ("PlantedDropsLastColumn", "input 8 of 64 positions: column 7 (the last column)"),
+    ],
+)
+def test_check_command_names_what_a_mechanism_ignores(planted, message, tmp_path, capsys):
+    plugin = tmp_path / "ignores.py"
+    plugin.write_text(
+        "from attn_zoo import register_mechanism\n"
+        f"from test_testing_kit_planted import {planted}\n"
+        f"register_mechanism('ignores')(type('Ignores', ({planted},), {{}}))\n"
+    )
+    with attn_zoo.registry.isolated_registry():
+        assert main(["--plugin", str(plugin), "check", "ignores"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  dependence  the output does not depend on {message} at 8x8" in out
+    assert "9 passed, 1 failed, 0 skipped" in out
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["check", "swim"], "unknown mechanism 'swim'"),
         (["check", "swin", "--knob", "windw=4"], "unknown knob of mechanism 'swin' 'windw'"),
         (["check", "swin", "--knob", "window=x"], "knob 'window' got 'x'"),
         (["check", "swin", "--dim", "25"], "channels (25) must be divisible by num_heads (3)"),
+        (["check", "msda", "--dim", "8", "--heads", "2"], "dim 8 with 2 heads: mechanism 'msda': num_heads (2) must"),
+        (["check", "swin", "--only", "shapes"], "unknown conformance check 'shapes'; allowed: batch"),
     ],
 )
 def test_check_command_user_errors(argv, message, capsys):

@@ -1,4 +1,5 @@
-"""Numbers on the command line: finite and in range, or one line saying the allowed range.
+"""Values on the command line. ``--set KEY=VALUE`` items are TOML values (:func:`parse_overrides`); numbers
+are finite and in range, or one line saying the allowed range.
 
 ``type=number(low=0, low_open=True)`` in ``add_argument``; argparse turns the ``ArgumentTypeError`` into
 ``attn-zoo: error: argument --timeout: ...`` (exit 2, no traceback).
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+
+from attn_zoo.errors import ConfigError
 
 
 def number(
@@ -43,3 +46,19 @@ def number(
 
     parse.__name__ = "integer" if integer else "number"  # argparse names the type in some messages
     return parse
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` items -> ``{KEY: value}``: a TOML value, or the text itself for a bare word."""
+    import tomllib
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=1")
+        try:
+            overrides[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key] = value  # a bare word is a string
+    return overrides

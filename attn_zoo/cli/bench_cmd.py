@@ -48,7 +48,13 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("where and how")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     g.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    g.add_argument("--backend", default=None, metavar="NAME", help="force one attention path (see `attn-zoo list`)")
+    g.add_argument(
+        "--backend",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="force attention paths, one cell each (auto or a name from `attn-zoo list`; default: auto)",
+    )
     g.add_argument(
         "--threads", type=number(1, 4096, integer=True), default=None, help="torch threads (default: torch's choice)"
     )
@@ -153,28 +159,33 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
             config = config.replace(mixer=MixerSpec(target, knobs))
         if args.num_classes is not None:
             config = config.replace(num_classes=args.num_classes)
-        if args.backend is not None:
-            config = config.replace(backend=args.backend).validate()
-            config.check_backend_runs(args.device)  # before any cell is timed or written
-        for img_size in args.img_size or [config.img_size]:
-            sized = config.replace(img_size=img_size).validate()
-            for batch in args.batch:
-                measure = resolve_measure({**measure_base, "batch_size": batch})
-                cells.append(
-                    {
-                        "label": target,
-                        "mechanism": "+".join(sized.mechanisms()),
-                        "preset": preset,
-                        "knobs": MixerSpec(target, knobs if is_mechanism else {}).to_dict()["knobs"],
-                        "model": sized.to_dict(),
-                        "data": None,
-                        "train": None,
-                        "budget": None,
-                        "measure": measure,
-                        "seed": 0,
-                        "bench_run": run_id,  # every invocation is new rows: repeated runs stay comparable
-                    }
-                )
+        forced = []
+        for backend in args.backend or [None]:
+            if backend is None:
+                forced.append(config)
+                continue
+            forced.append(config.replace(backend=backend).validate())
+            forced[-1].check_backend_runs(args.device)  # before any cell is timed or written
+        for path_config in forced:
+            for img_size in args.img_size or [config.img_size]:
+                sized = path_config.replace(img_size=img_size).validate()
+                for batch in args.batch:
+                    measure = resolve_measure({**measure_base, "batch_size": batch})
+                    cells.append(
+                        {
+                            "label": target,
+                            "mechanism": "+".join(sized.mechanisms()),
+                            "preset": preset,
+                            "knobs": MixerSpec(target, knobs if is_mechanism else {}).to_dict()["knobs"],
+                            "model": sized.to_dict(),
+                            "data": None,
+                            "train": None,
+                            "budget": None,
+                            "measure": measure,
+                            "seed": 0,
+                            "bench_run": run_id,  # every invocation is new rows: repeated runs stay comparable
+                        }
+                    )
     return cells
 
 
@@ -225,10 +236,12 @@ def run(args: argparse.Namespace) -> int:
             metrics["cell_wall_s"] = time.perf_counter() - start
             env = environment(args.device, args.dtype)
             if store is not None:
-                store.finish_cell(cell_id, status, metrics, reason, env, backends)
+                from attn_zoo.grid.provenance import cell_code
+
+                store.finish_cell(cell_id, status, metrics, reason, env, backends, code=cell_code(cell))
             rows.append({"cell_id": cell_id, "label": cell["label"], "status": status, "reason": reason,
-                         "img_size": config.img_size, "batch": measure["batch_size"], "backends": backends,
-                         "metrics": metrics, "environment": env})  # fmt: skip
+                         "img_size": config.img_size, "batch": measure["batch_size"], "backend": config.backend,
+                         "backends": backends, "metrics": metrics, "environment": env})  # fmt: skip
     finally:
         if store is not None and run_id is not None:
             store.finish_run(run_id)
@@ -243,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
 
 def render(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of the bench rows (the numbers with their spread)."""
-    headers = ["target", "img", "batch", "GMACs", "attn GMACs", "mode", "median ms", "IQR", "p95", "n", "CI", "img/s"]
+    headers = ["target", "path", "img", "batch", "GMACs", "attn GMACs", "mode", "median ms", "IQR", "p95", "n", "CI"]
+    headers += ["img/s"]
     headers += ["mem MiB", "GFLOP/s", "of peak"]
     lines = []
     for row in rows:
@@ -257,6 +271,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 [
                     row["label"] if row["status"] == "ok" else f"{row['label']} ({row['status']})",
+                    _path(row),
                     row["img_size"],
                     row["batch"],
                     _f(m.get("macs"), 1e-9, "{:.3f}"),
@@ -269,14 +284,21 @@ def render(rows: list[dict[str, Any]]) -> str:
                     _f(lat["ci_rel"], 100, "±{:.1f}%") + conv,
                     _f(thr, 1, "{:.1f}"),
                     _f(mem, 1, "{:.1f}"),
-                    _f(m.get("gflops_achieved") if mode == "fwd" else None, 1, "{:.1f}"),
-                    _f(m.get("peak_fraction") if mode == "fwd" else None, 100, "{:.1f}%"),
+                    _f(m.get({"fwd": "gflops_achieved", "train": "train_gflops_achieved"}.get(mode, "")), 1, "{:.1f}"),
+                    _f(m.get({"fwd": "peak_fraction", "train": "train_peak_fraction"}.get(mode, "")), 100, "{:.1f}%"),
                 ]
             )
     note = (
-        "\n(* the median's CI did not reach the target before the time cap)" if any("*" in r[10] for r in lines) else ""
+        "\n(* the median's CI did not reach the target before the time cap)" if any("*" in r[11] for r in lines) else ""
     )
     return table(headers, lines) + note
+
+
+def _path(row: dict[str, Any]) -> str:
+    """The path asked for and, when that was ``auto``, the paths it took: ``auto>sdpa``."""
+    asked = row.get("backend") or "auto"
+    ran = ",".join(row.get("backends") or [])
+    return f"{asked}>{ran}" if asked == "auto" and ran else asked
 
 
 def _f(value: Any, scale: float, fmt: str) -> str:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from attn_zoo.backbone.config import parse_knob_value
 from attn_zoo.cli._args import number
-from attn_zoo.cli.run_cmd import parse_overrides
-from attn_zoo.testing import CHECKS, check_mechanism
+from attn_zoo.cli._format import parse_knobs
 
 
 def add_parser(sub) -> None:
@@ -20,7 +18,14 @@ def add_parser(sub) -> None:
         metavar="KEY=VALUE",
         help="a knob value (TOML syntax), e.g. --knob window=4; repeatable",
     )
-    p.add_argument("--only", action="append", choices=CHECKS, default=None, help="run only this check; repeatable")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="CHECK",
+        help="run only this check (shape, sizes, batch, gradients, dependence, determinism, macs, dtypes, "
+        "state_dict, harness); repeatable",
+    )
     p.add_argument(
         "--dim", type=number(1, integer=True), default=24, help="channels of the standalone checks (default 24)"
     )
@@ -32,7 +37,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    knobs = {key: parse_knob_value(value) for key, value in parse_overrides(args.knob).items()}
+    from attn_zoo.testing import check_mechanism
+
+    knobs = parse_knobs(args.knob)
     report = check_mechanism(args.name, checks=args.only, dim=args.dim, num_heads=args.heads, **knobs)
     print(report.to_json() if args.json else report)
     return 0 if report.ok else 1

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 
 from attn_zoo.cli._args import number
-from attn_zoo.cli._format import print_json, table
-from attn_zoo.cli.results_cmd import open_store
+from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
 from attn_zoo.errors import ConfigError
-from attn_zoo.report.regression import compare_frames
 
 
 def add_parser(sub) -> None:
@@ -38,10 +36,18 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attn_zoo.cli.results_cmd import open_store
+    from attn_zoo.report.regression import compare_frames
+
     if args.latency_threshold < 0 or args.accuracy_threshold < 0:
         raise ConfigError("--latency-threshold and --accuracy-threshold must be >= 0")
     base, cur = open_store(args.baseline), open_store(args.current)
-    result = compare_frames(base.frame(), cur.frame(), args.latency_threshold, args.accuracy_threshold)
+    frames = []
+    for store in (base, cur):
+        frames.append(store.frame(samples=True))
+        note_problems(store)
+        note_code_versions(frames[-1])
+    result = compare_frames(*frames, args.latency_threshold, args.accuracy_threshold)
     failing = result.changes if args.fail_on == "any" else result.regressions
     code = 1 if failing else 0
     if args.json:

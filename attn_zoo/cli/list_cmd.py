@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from attn_zoo.backbone.presets import list_presets
 from attn_zoo.cli._format import print_json
-from attn_zoo.layers.backends import availability
-from attn_zoo.registry import list_mechanisms, plugin_errors
 
 
 def add_parser(sub) -> None:
@@ -17,13 +12,17 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
+        default=None,
         help="device to check attention paths against (default: this machine's best)",
     )
     p.set_defaults(func=run)
 
 
 def collect(device: str) -> dict:
+    from attn_zoo.backbone.presets import list_presets
+    from attn_zoo.layers.backends import availability
+    from attn_zoo.registry import list_mechanisms, plugin_errors
+
     mechanisms = {}
     for name, spec in list_mechanisms().items():
         mechanisms[name] = {
@@ -34,7 +33,7 @@ def collect(device: str) -> dict:
             "stage_defaults": {k: list(v) for k, v in spec.cls.stage_defaults.items()},
             "block_pattern": [dict(p) for p in spec.cls.block_pattern],
             "backends": {b: (reason or "available") for b, reason in availability(spec.backends, device).items()},
-            "auto": _auto(spec.cls.auto_candidates(device), device),
+            "auto": _auto(spec.cls.auto_candidates(device), device, spec.cls.op),
         }
     return {
         "device": device,
@@ -44,14 +43,20 @@ def collect(device: str) -> dict:
     }
 
 
-def _auto(order: tuple[str, ...], device: str) -> str | None:
-    """The path ``backend="auto"`` takes on ``device`` with the mechanism's default knobs."""
-    found = availability(order, device)
-    return next((b for b in order if found[b] is None), None)
+def _auto(order: tuple[str, ...], device: str, op: str) -> str | None:
+    """The first usable path of the device's default ``auto`` order (a call's own shapes may pick another)."""
+    from attn_zoo.layers.backends import unavailable_reason
+
+    return next((b for b in order if unavailable_reason(b, device, op) is None), None)
 
 
 def run(args: argparse.Namespace) -> int:
-    info = collect(args.device)
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    info = collect(device)
     if args.json:
         print_json(info)
         return 0
@@ -68,10 +73,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"    block pattern: {m['block_pattern']}")
         backends = ", ".join(b if r == "available" else f"{b} (no: {r})" for b, r in m["backends"].items())
         print(f"    backends: {backends}")
-        print(f"    auto picks: {m['auto'] or 'none'}\n")
+        print(f"    auto picks (default order; by shape per call): {m['auto'] or 'none'}\n")
     print("Presets:")
     for name, doc in info["presets"].items():
         print(f"    {name}: {doc}")
-    for err in info["plugin_errors"].values():
-        print(f"\nwarning: {err}")
     return 0

@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 
 from attn_zoo.errors import ConfigError
-from attn_zoo.registry import list_mechanisms
 
 # template file -> path in the project ({package} and {name} filled in)
 FILES = {
@@ -50,6 +49,8 @@ def scaffold(name: str, parent: str | Path = ".", force: bool = False) -> list[P
     """Write the project for mechanism ``name`` under ``parent``; return the files written."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name.endswith("_") or "__" in name:
         raise ConfigError(f"mechanism name {name!r} must be lower_snake_case: a-z, 0-9 and single _, e.g. my_attn")
+    from attn_zoo.registry import list_mechanisms
+
     existing = list_mechanisms()
     if name in existing:
         raise ConfigError(f"mechanism {name!r} already exists ({existing[name].source}); pick another name")

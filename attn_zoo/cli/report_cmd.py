@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from attn_zoo.cli._format import print_json, table
-from attn_zoo.cli.results_cmd import find_store
-from attn_zoo.grid.store import Store, StoreError
-from attn_zoo.report.figures import make_figures
-from attn_zoo.report.plots import resolution_columns
-from attn_zoo.report.style import accuracy_metric
-from attn_zoo.report.tables import summary_rows
+from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
 
 
 def add_parser(sub) -> None:
@@ -39,14 +32,18 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attn_zoo.cli.results_cmd import find_store
+    from attn_zoo.grid.store import Store
+    from attn_zoo.report.figures import make_figures
+    from attn_zoo.report.plots import resolution_columns
+    from attn_zoo.report.style import accuracy_metric
+    from attn_zoo.report.tables import NOT_CONVERGED_NOTE, has_unconverged, summary_rows
+
     path = find_store(args.store)
-    try:  # refresh the stored aggregates when the store is ours to write
-        store = Store(path)
-        store.write_aggregates()
-    except StoreError as exc:
-        print(f"attn-zoo: note: aggregates not refreshed ({exc})", file=sys.stderr)
-        store = Store(path, readonly=True)
-    frame = store.frame()
+    store = Store(path, readonly=True)  # a report reads only: it never writes to or creates a store
+    frame = store.frame(samples=True)
+    note_problems(store)
+    note_code_versions(frame)
     from attn_zoo.paths import allow_writes, make_dir
 
     out = Path(args.out) if args.out else path.with_suffix("")
@@ -67,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     headers, rows = summary_rows(frame) if len(frame) else (["mechanism"], [])
     print(table(headers, rows, markdown=args.markdown))
+    if has_unconverged(rows):
+        print(NOT_CONVERGED_NOTE)
     by_resolution = resolution_columns(frame, accuracy_metric(frame)) if len(frame) else {}
     if len(by_resolution) > 1:  # the accuracy-vs-resolution numbers behind the curve
         columns = [(col, f"top-1 @{res}px", 1, "{:.2f}") for res, col in by_resolution.items()]

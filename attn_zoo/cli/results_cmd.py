@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attn_zoo.cli._format import print_json, table
+from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.store import STATUSES, Store, export_frame
 from attn_zoo.report.tables import CELL_COLUMNS, aggregate
@@ -91,6 +91,8 @@ def apply_where(frame: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
 def run(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     frame = store.frame(status=None if args.status == "all" else args.status)
+    note_problems(store)
+    note_code_versions(frame[frame["status"] == "ok"] if len(frame) else frame)
     frame = apply_where(frame, args.where)
     if args.aggregates:
         frame = aggregate(frame[frame["status"] == "ok"]) if len(frame) else frame

@@ -8,18 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from attn_zoo.cli._args import number
-from attn_zoo.cli._format import print_json, table
+from attn_zoo.cli._args import number, parse_overrides
+from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
 from attn_zoo.errors import ConfigError
-from attn_zoo.grid.executors import create_executor, executor_names
-from attn_zoo.grid.runner import run_suite
-from attn_zoo.grid.store import Store
-from attn_zoo.grid.suite import load_suite
 from attn_zoo.registry import load_plugin_file
-from attn_zoo.report.tables import summary_rows
 
 
 def add_parser(sub) -> None:
+    from attn_zoo.grid.executors import executor_names
+
     p = sub.add_parser("run", help="run a suite file (resumes where a previous run stopped)")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
     p.add_argument(
@@ -29,6 +26,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--retry-failed", action="store_true", help="re-run cells that failed, diverged, ran out of memory or timed out"
+    )
+    p.add_argument(
+        "--keep-stale",
+        action="store_true",
+        help="keep finished cells whose code changed since (default: re-run them; the store then mixes code versions)",
     )
     p.add_argument("--fresh", action="store_true", help="start a new store (the old one is kept as .<time>.bak)")
     p.add_argument(
@@ -90,21 +92,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_overrides(items: list[str]) -> dict:
-    import tomllib
-
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=1")
-        try:
-            overrides[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key] = value  # a bare word is a string
-    return overrides
-
-
 def store_path_for(out: Path, name: str) -> Path:
     """``OUT/NAME.sqlite``, refusing anything that would land outside ``OUT``."""
     path = out / f"{name}.sqlite"
@@ -134,8 +121,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from attn_zoo.grid.runner import work_root_for
+    from attn_zoo.grid.executors import create_executor
+    from attn_zoo.grid.runner import run_suite, work_root_for
+    from attn_zoo.grid.store import SCHEMA_VERSION, Store
+    from attn_zoo.grid.suite import load_suite
     from attn_zoo.paths import allow_writes, cache_dir, make_dir, writable
+    from attn_zoo.report.tables import NOT_CONVERGED_NOTE, has_unconverged, summary_rows
 
     for plugin in args.plugin:
         load_plugin_file(plugin)
@@ -177,17 +168,24 @@ def _run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         command=command,
+        keep_stale=args.keep_stale,
     )
+    if summary.migrated_from is not None:
+        print(f"store {store_path}: migrated from schema {summary.migrated_from} to {SCHEMA_VERSION}", file=sys.stderr)
     store = Store(store_path)
-    frame = store.frame()
+    frame = store.frame(samples=True)
+    note_problems(store)
     figures = [] if args.no_plots else make_figure_files(frame, out / suite.name, store_path.parent)
     code = 0 if summary.failed == 0 else 1  # cells another runner still runs are that runner's to report
     if args.json:
         print_json({**summary.to_dict(), "plots": [str(f.path) for f in figures]})
         return code
     if len(frame):
+        note_code_versions(frame)
         headers, rows = summary_rows(frame)
         print(table(headers, rows))
+        if has_unconverged(rows):
+            print(NOT_CONVERGED_NOTE)
     elsewhere = (
         f"; {summary.elsewhere} still running in another runner, which records them (`attn-zoo results` shows them)"
         if summary.elsewhere

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import time
 import traceback
@@ -18,25 +17,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from attn_zoo.backbone.config import ModelConfig
 from attn_zoo.backbone.harness import Backbone
+from attn_zoo.budget import Budget, match_budget
+from attn_zoo.measure import machine
+from attn_zoo.measure.efficiency import training_efficiency
 from attn_zoo.measure.environment import environment
-from attn_zoo.measure.profile import measure_after_training, measure_model
-from attn_zoo.train.budget import Budget, match_budget
-from attn_zoo.train.recipe import Diverged
+from attn_zoo.measure.profile import is_oom, measure_after_training, measure_model
+from attn_zoo.train.recipe import Diverged, seed_everything
 from attn_zoo.train.run import data_row, prepare_data, run_training
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def run_cell(
@@ -94,6 +88,9 @@ def run_cell(
 
             path = save_predictions(Path(artifact_dir) / f"{PREDICTIONS_ARTIFACT}.npz", *trained.test_predictions)
             artifacts[PREDICTIONS_ARTIFACT] = str(path)
+        if trained.status == "ok" and main_rank:
+            with machine.measuring():  # the matmul peak it compares against is a timing
+                metrics.update(training_efficiency(metrics, device, measure.get("dtype", "float32")))
         if trained.status == "ok" and trained.model is not None and main_rank:
             after = measure_after_training(
                 trained.model,
@@ -117,20 +114,11 @@ def run_cell(
     }
 
 
-OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "memoryerror")
-
-
-def is_oom_message(text: str) -> bool:
-    """Whether an error text is an allocation failure (CPU allocator, CUDA, Python's MemoryError)."""
-    low = text.lower()
-    return any(m in low for m in OOM_MESSAGES)
-
-
 def failure_result(exc: BaseException) -> dict[str, Any]:
     """The result of a cell that raised: ``diverged`` (with the step), ``oom``, or ``failed``."""
     if isinstance(exc, Diverged):
         return {"status": "diverged", "reason": str(exc), "metrics": {"diverged_step": exc.step}}
-    oom = isinstance(exc, MemoryError) or is_oom_message(f"{type(exc).__name__}: {exc}")
+    oom = is_oom(exc)
     tail = traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]
     return {
         "status": "oom" if oom else "failed",

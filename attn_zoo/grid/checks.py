@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from attn_zoo.errors import AttnZooError
+from attn_zoo.train.run import YEAR_S
 
 
 class SuiteError(AttnZooError, ValueError):
@@ -85,8 +86,8 @@ def type_name(ann: Any) -> str:
 def section_fields(section: str) -> dict[str, Any]:
     """Field name -> type annotation of the config behind ``section``."""
     from attn_zoo.backbone.config import ModelConfig
-    from attn_zoo.grid.suite import MEASURE_DEFAULTS
-    from attn_zoo.train.budget import Budget
+    from attn_zoo.budget import Budget
+    from attn_zoo.measure.profile import MEASURE_DEFAULTS
     from attn_zoo.train.data import DataConfig
     from attn_zoo.train.recipe import TrainConfig
 
@@ -175,7 +176,6 @@ def data_path(path: Path, key: str, value: str) -> str:
 # Duration floor of one training step: no step of the harness's models (forward, backward, optimizer) runs
 # faster than this on any device; docs/guarantees.md gives the measurement it sits far below.
 MIN_STEP_S = 1e-4
-YEAR_S = 365 * 24 * 3600
 
 
 def check_duration(path: Path, train: Any, data: Any, device: str) -> None:

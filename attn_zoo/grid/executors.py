@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from attn_zoo.errors import ConfigError
-from attn_zoo.grid.cell import failure_result, is_oom_message
+from attn_zoo.grid.cell import failure_result
 from attn_zoo.grid.suite import Cell
+from attn_zoo.measure.machine import WAIT_ENV, waited_s, worker_prefix
+from attn_zoo.measure.profile import is_oom_message
+from attn_zoo.names import Registry
 
 Result = dict[str, Any]
 
@@ -46,17 +49,14 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-_EXECUTORS: dict[str, Callable[..., Executor]] = {}
+_EXECUTORS: Registry[Callable[..., Executor]] = Registry(
+    "executor", missing=lambda name, allowed: ConfigError(f"executor {name!r} unknown; allowed: {', '.join(allowed)}")
+)
 
 
 def register_executor(name: str) -> Callable[[Callable[..., Executor]], Callable[..., Executor]]:
     """Register a factory ``(**options) -> Executor`` under ``name`` (``attn-zoo run --executor NAME``)."""
-
-    def wrap(factory: Callable[..., Executor]) -> Callable[..., Executor]:
-        _EXECUTORS[name] = factory
-        return factory
-
-    return wrap
+    return _EXECUTORS.register(name)
 
 
 def executor_names() -> list[str]:
@@ -64,8 +64,6 @@ def executor_names() -> list[str]:
 
 
 def create_executor(name: str, **options: Any) -> Executor:
-    if name not in _EXECUTORS:
-        raise ConfigError(f"executor {name!r} unknown; allowed: {', '.join(executor_names())}")
     return _EXECUTORS[name](**options)
 
 
@@ -150,7 +148,9 @@ class LocalExecutor:
     ``work_root`` (the runner passes ``<results>/.cells``) holds each cell's working directory (spec, result,
     log, progress) under one directory per runner; directories of runners that are dead are removed when
     the next one starts there. Without it they go to the system temp directory. :meth:`take_notes` hands
-    the runner each worker's first progress report (steps, estimated duration) once.
+    the runner each worker's first progress report (steps, estimated duration) once. ``machine_lock`` is the
+    directory of the lock that keeps timing alone on this machine (:mod:`attn_zoo.measure.machine`); the runner
+    sets it to the results directory when it is None.
     """
 
     name = "local"
@@ -162,6 +162,7 @@ class LocalExecutor:
         memory_limit_mb: int | None = None,
         command: Sequence[str] | None = None,
         work_root: str | Path | None = None,
+        machine_lock: str | Path | None = None,
         **_: Any,
     ):
         if not isinstance(jobs, int) or jobs < 1:
@@ -172,6 +173,7 @@ class LocalExecutor:
         self.timeout_s = timeout_s
         self.memory_limit_mb = memory_limit_mb
         self.command = list(command) if command else [sys.executable, "-m", "attn_zoo.grid.cell"]
+        self.machine_lock = machine_lock
         self._running: dict[int, dict[str, Any]] = {}
         self._tokens = itertools.count()
         self.work_root = Path(work_root) if work_root else None
@@ -197,11 +199,15 @@ class LocalExecutor:
         # output to a file, not a pipe: a chatty worker never blocks
         with open(tmp / "worker.log", "wb") as log:
             proc = subprocess.Popen(
-                [*self.command, str(spec_path), str(result_path), str(artifact_dir)],
+                [*worker_prefix(self.machine_lock), *self.command, str(spec_path), str(result_path), str(artifact_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1", **{PROGRESS_ENV: str(tmp / "progress.json")}),
+                env=dict(
+                    os.environ,
+                    PYTHONUNBUFFERED="1",
+                    **{PROGRESS_ENV: str(tmp / "progress.json"), WAIT_ENV: str(tmp / "machine_wait")},
+                ),
                 preexec_fn=_worker_setup(self.memory_limit_mb),
                 # its own session: Ctrl-C or a SIGTERM to the runner's process group reaches the runner, which
                 # stops its workers and hands their cells back, rather than racing them to a "failed" result
@@ -230,7 +236,9 @@ class LocalExecutor:
             done = []
             for token, job in list(self._running.items()):
                 proc = job["proc"]
-                timed_out = self.timeout_s is not None and time.monotonic() - job["start"] > self.timeout_s
+                # waiting for the machine (another cell's work, see attn_zoo.measure.machine) is not the cell's time
+                ran = time.monotonic() - job["start"] - waited_s(job["tmp"] / "machine_wait")
+                timed_out = self.timeout_s is not None and ran > self.timeout_s
                 if proc.poll() is None and timed_out:
                     proc.kill()
                     proc.wait()
@@ -347,10 +355,11 @@ def run_cell_in_worker(
     memory_limit_mb: int | None = None,
     artifact_dir: Path | None = None,
     command: Sequence[str] | None = None,
+    machine_lock: str | Path | None = None,
 ) -> Result:
     """Run one cell in a fresh Python process and wait for it; never raises for what happens inside.
-    ``command`` replaces the worker command line, as for :class:`LocalExecutor`."""
-    executor = LocalExecutor(1, timeout_s, memory_limit_mb, command)
+    ``command`` and ``machine_lock`` as for :class:`LocalExecutor`."""
+    executor = LocalExecutor(1, timeout_s, memory_limit_mb, command, machine_lock)
     try:
         executor.submit(cell, artifact_dir or Path(tempfile.gettempdir()) / "attn_zoo_artifacts")
         while True:

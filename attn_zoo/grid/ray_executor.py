@@ -44,6 +44,7 @@ from typing import Any
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.executors import Result, register_executor, run_cell_in_worker
 from attn_zoo.grid.suite import Cell
+from attn_zoo.measure.machine import lock_dir_for_node
 from attn_zoo.registry import PLUGINS_ENV
 
 INSTALL_HINT = "pip install 'attn-zoo[ray]'"
@@ -279,7 +280,8 @@ def run_on_node(
         shared = False
     local = target if shared else Path(tempfile.mkdtemp(prefix="attn_zoo_ray_cell_"))
     try:
-        result = run_cell_in_worker(Cell(spec), timeout_s, memory_limit_mb, local, command)
+        # timing owns the machine per node: this node's cells share one lock in its temporary directory
+        result = run_cell_in_worker(Cell(spec), timeout_s, memory_limit_mb, local, command, lock_dir_for_node())
         return (result, None) if shared else pack_artifacts(result, local)
     finally:
         if not shared:

@@ -1,6 +1,9 @@
 """Run a suite's cells through an executor, writing every outcome to the store as it lands.
 
-Resumable: cells already ``ok`` are skipped; failed ones re-run only with ``retry_failed``. Each cell is
+Resumable: cells already ``ok`` are skipped; failed ones re-run only with ``retry_failed``. A finished cell
+whose code changed since (its stored code fingerprint differs from the current one, see
+:mod:`attn_zoo.grid.provenance`) is re-run, and the run says why in one line per reason (``2 cells re-run:
+code of msa_conv changed``); ``keep_stale`` keeps such rows instead. Each cell is
 claimed in the store before it runs, so two runners on one suite share the work and never run a cell twice
 at once; a runner that dies leaves its cells to be taken over (see :meth:`Store.claim`). A crash,
 out-of-memory or diverging loss fails one cell, not the grid. A store that cannot be written (disk full,
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from attn_zoo.grid.executors import Executor, InlineExecutor, LocalExecutor, run_cell_in_worker
+from attn_zoo.grid.provenance import HARNESS, UNRECORDED, cell_code, changed_parts, code_id
 from attn_zoo.grid.store import FAILED, STALE_AFTER_S, Store
 from attn_zoo.grid.suite import Cell, Suite
 from attn_zoo.measure.environment import environment
@@ -36,6 +41,10 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     elsewhere: int = 0  # held by another live runner when this one finished
+    rerun: dict[str, int] = dataclasses.field(default_factory=dict)  # "code of msa_conv changed" -> cells
+    kept_stale: dict[str, int] = dataclasses.field(default_factory=dict)  # the same, kept by keep_stale
+    problems: list[str] = dataclasses.field(default_factory=list)  # malformed rows left out of aggregates
+    migrated_from: int | None = None  # the store's schema before this run migrated it
     outcomes: dict[str, str] = dataclasses.field(default_factory=dict)
     by_status: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -77,16 +86,19 @@ def run_suite(
     runner: Callable[[Cell], dict[str, Any]] | None = None,
     heartbeat_s: float = 15.0,
     stale_after_s: float = STALE_AFTER_S,
+    keep_stale: bool = False,
 ) -> RunSummary:
     """Run every cell of ``suite`` not yet finished in the store; returns what happened.
 
     ``executor`` runs the cells (default: :class:`LocalExecutor`, one worker process per cell, with
     ``timeout_s`` and ``memory_limit_mb``); ``runner(cell) -> result`` is a shortcut for an
-    :class:`InlineExecutor` running that function in this process.
+    :class:`InlineExecutor` running that function in this process. ``keep_stale`` keeps finished rows that
+    other code computed instead of re-running them.
     """
     store_path = Path(store_path or default_store_path(suite))
     store = Store(store_path)
     store.register_cells(suite.name, suite.cells)
+    codes = _codes(suite)
     run_id = store.start_run(suite.name, suite.path, suite.text, command, environment())
     if executor is None:
         executor = (
@@ -96,11 +108,25 @@ def run_suite(
                 1, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb, work_root=work_root_for(store_path)
             )
         )
-    summary = RunSummary(store.path, total=len(suite.cells))
+    if getattr(executor, "machine_lock", False) is None:  # timing owns the machine: see attn_zoo.measure.machine
+        executor.machine_lock = store.path.parent.resolve()
+    summary = RunSummary(store.path, total=len(suite.cells), migrated_from=store.migrated_from)
     artifacts = artifact_root(store_path, suite)
 
     statuses = store.statuses()
-    settled = {c.cell_id for c in suite.cells if _settled(statuses.get(c.cell_id), retry_failed)}
+    stale = _stale(store, suite, codes)
+    for why in stale.values():
+        counts = summary.kept_stale if keep_stale else summary.rerun
+        counts[why] = counts.get(why, 0) + 1
+    for why, n in (summary.kept_stale if keep_stale else summary.rerun).items():
+        cells = f"{n} cell{'s' if n > 1 else ''}"
+        verb = "kept although computed by other code (--keep-stale)" if keep_stale else "re-run"
+        print(f"{cells} {verb}: {why}", file=sys.stderr)
+    settled = {
+        c.cell_id
+        for c in suite.cells
+        if _settled(statuses.get(c.cell_id), retry_failed) and (keep_stale or c.cell_id not in stale)
+    }
     bar = _Bar(
         total=len(suite.cells),
         initial=len(settled),
@@ -122,7 +148,9 @@ def run_suite(
         while queue or in_flight:
             while queue and len(in_flight) < executor.slots:
                 cell = queue.popleft()
-                if store.claim(cell.cell_id, run_id, retry_failed, stale_after_s):
+                if store.claim(
+                    cell.cell_id, run_id, retry_failed, stale_after_s, code_id(codes[cell.cell_id]), keep_stale
+                ):
                     bar.set_postfix_str(f"{summary.progress_note()} | {_name(cell)}")
                     in_flight[executor.submit(cell, artifacts / cell.cell_id)] = (cell, time.perf_counter())
                     continue
@@ -143,7 +171,7 @@ def run_suite(
                     **result,
                     "metrics": {**(result.get("metrics") or {}), "cell_wall_s": time.perf_counter() - start},
                 }
-                _record(store, run_id, cell, result, artifacts, summary, bar)
+                _record(store, run_id, cell, result, artifacts, summary, bar, codes[cell.cell_id])
                 tick()
             if in_flight and time.monotonic() - last_beat > heartbeat_s:
                 store.heartbeat(run_id)
@@ -153,7 +181,8 @@ def run_suite(
                 retry = [c for c in held_elsewhere if store.status(c.cell_id) == "running"]
                 held_elsewhere = []
                 for cell in retry:
-                    if store.claim(cell.cell_id, run_id, retry_failed, stale_after_s):
+                    fp = code_id(codes[cell.cell_id])
+                    if store.claim(cell.cell_id, run_id, retry_failed, stale_after_s, fp, keep_stale):
                         in_flight[executor.submit(cell, artifacts / cell.cell_id)] = (cell, time.perf_counter())
                     else:
                         held_elsewhere.append(cell)
@@ -170,6 +199,7 @@ def run_suite(
     bar.close()
     executor.shutdown()
     store.write_aggregates()
+    summary.problems = list(store.problems)
     store.finish_run(run_id)
     return summary
 
@@ -196,6 +226,37 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def _codes(suite: Suite) -> dict[str, dict[str, Any]]:
+    """Each cell's code mapping (computed once per set of mechanisms)."""
+    by_mechanisms: dict[str, dict[str, Any]] = {}
+    out = {}
+    for cell in suite.cells:
+        key = str(cell.spec.get("mechanism"))
+        if key not in by_mechanisms:
+            by_mechanisms[key] = cell_code(cell.spec)
+        out[cell.cell_id] = by_mechanisms[key]
+    return out
+
+
+def _stale(store: Store, suite: Suite, codes: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """``{cell_id: why}`` of this suite's finished cells that other code computed."""
+    stored = store.codes()
+    out = {}
+    for cell in suite.cells:
+        status, fp, code = stored.get(cell.cell_id, (None, None, None))
+        if status in ("ok", *FAILED) and fp != code_id(codes[cell.cell_id]):
+            out[cell.cell_id] = _why(changed_parts(code, codes[cell.cell_id]))
+    return out
+
+
+def _why(parts: list[str]) -> str:
+    if parts == [UNRECORDED]:
+        return f"code {UNRECORDED}"
+    names = [p for p in parts if p != HARNESS] + [p for p in parts if p == HARNESS]
+    text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"code of {text} changed"
+
+
 def _settled(status: str | None, retry_failed: bool) -> bool:
     return status == "ok" or (status in FAILED and not retry_failed)
 
@@ -205,7 +266,14 @@ def _name(cell: Cell) -> str:
 
 
 def _record(
-    store: Store, run_id: str, cell: Cell, result: dict[str, Any], artifacts: Path, summary: RunSummary, bar
+    store: Store,
+    run_id: str,
+    cell: Cell,
+    result: dict[str, Any],
+    artifacts: Path,
+    summary: RunSummary,
+    bar,
+    code: dict[str, Any] | None = None,
 ) -> None:
     status = result.get("status", "failed")
     if status not in ("ok", *FAILED):
@@ -226,6 +294,7 @@ def _record(
         spec,
         run_id=run_id,
         artifacts=kept,
+        code=code,
     )
     summary.ran += 1
     summary.outcomes[cell.cell_id] = status if written else "taken over"

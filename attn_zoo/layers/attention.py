@@ -27,14 +27,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from attn_zoo.errors import BackendUnavailableError, UnknownNameError
+from attn_zoo.errors import BackendUnavailableError
 
+# The paths a mechanism offers (which one `auto` takes is the shape table's choice: attn_zoo/layers/auto_table.py;
+# whether one runs here is the dispatch table's: attn_zoo/layers/backends.py)
 DENSE_BACKENDS = ("sdpa", "reference")
-# Window attention (Swin, IWSA, GC-ViT): flex's block-diagonal mask on CUDA too; on CPU, 49-token windows
-# run faster as two batched matmuls than through SDPA (benchmarks/results/window-paths-cpu.json)
+# Window attention (Swin, IWSA, GC-ViT) also offers flex's block-diagonal mask
 WINDOW_BACKENDS = (*DENSE_BACKENDS, "flex", "xformers")
-WINDOW_AUTO_ORDER = {"cpu": ("reference", "sdpa")}
 
 
 def attention_reference(
@@ -105,6 +106,9 @@ def attention_xformers(
 # -- flex_attention -----------------------------------------------------------------------------------------
 _flex_compiled: Callable | None = None
 _block_masks: dict[tuple, object] = {}
+# flex's fused (Triton) kernel needs head dims >= 16 (torch 2.11 on CUDA: "NYI: embedding dimension ... must be
+# at least 16"); smaller heads are zero-padded, which changes no logit and adds output channels that are cut off
+FLEX_MIN_HEAD_DIM = {"cuda": 16}
 
 
 def _flex_fn(device: torch.device) -> Callable:
@@ -142,6 +146,11 @@ def attention_flex(
     4-D input ``(B, heads, N, d)`` is plain attention (bias read by a ``score_mod``). Other ranks are refused.
     On CPU only the forward runs (torch's flex has no CPU backward): inputs that require grad are an error.
     """
+    if is_in_torch_dispatch_mode(include_infra_modes=False):
+        # counting (FlopCounterMode): compiled flex fails under a dispatch mode (seen on an H200, torch 2.11:
+        # "no implementation found for 'torch.ops.higher_order.flex_attention' ... TransformGetItemToIndex"),
+        # and the count is of the same attention: take the written-out path
+        return attention_reference(q, k, v, scale=scale, bias=bias)
     tensors = (q, k, v) if bias is None else (q, k, v, bias)
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         raise BackendUnavailableError(
@@ -152,6 +161,12 @@ def attention_flex(
         q, k, v = q.detach(), k.detach(), v.detach()
         bias = bias.detach() if bias is not None else None
     flex = _flex_fn(q.device)
+    d_v = v.shape[-1]
+    minimum = FLEX_MIN_HEAD_DIM.get(q.device.type, 1)
+    if q.shape[-1] < minimum:
+        q, k = (F.pad(t, (0, minimum - t.shape[-1])) for t in (q, k))
+    if d_v < minimum:
+        v = F.pad(v, (0, minimum - d_v))
     with warnings.catch_warnings():
         # eager flex on CPU warns that it is unfused; that is known and intended here (parity checks)
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
@@ -163,7 +178,7 @@ def attention_flex(
                 def score_mod(score, b, h, q_idx, kv_idx):
                     return score + full[b, h, q_idx, kv_idx]
 
-            return flex(q, k, v, score_mod=score_mod, scale=scale)
+            return flex(q, k, v, score_mod=score_mod, scale=scale)[..., :d_v]
         if q.dim() != 5:
             raise ValueError(f"flex backend: expected (B, heads, N, d) or (B, nW, heads, N, d), got {tuple(q.shape)}")
         B, nW, h, N = q.shape[:4]
@@ -190,29 +205,20 @@ def attention_flex(
             block_mask=_window_block_mask(nW, N, q.device),
             scale=scale,
         )
-    return out.reshape(B, h, nW, N, v.shape[-1]).transpose(1, 2)
+    return out.reshape(B, h, nW, N, v.shape[-1]).transpose(1, 2)[..., :d_v]
 
 
-_DENSE = {
-    "reference": attention_reference,
-    "sdpa": attention_sdpa,
-    "xformers": attention_xformers,
-    "flex": attention_flex,
-}
-
-
-def dense_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    bias: torch.Tensor | None = None,
-    backend: str = "reference",
-) -> torch.Tensor:
-    """Attention over all key positions with backend ``backend`` (already resolved, not ``auto``)."""
-    try:
-        fn = _DENSE[backend]
-    except KeyError:
-        raise UnknownNameError("dense attention backend", backend, _DENSE) from None
-    return fn(q, k, v, scale=scale, bias=bias)
+def dense_call(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> dict[str, object]:
+    """What the shape table keys a dense call on: queries and keys per sequence, head width, bias, gradients."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+    return {
+        "n_q": int(q.shape[-2]),
+        "n_k": int(k.shape[-2]),
+        "head_dim": int(q.shape[-1]),
+        "v_dim": int(v.shape[-1]) if v is not None else int(q.shape[-1]),
+        "seqs": int(q.numel() // max(1, q.shape[-2] * q.shape[-1])),
+        "bias": bias is not None,
+        "grad": bool(grad),
+    }

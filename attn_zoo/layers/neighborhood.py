@@ -20,7 +20,9 @@ Backends:
   ``torch.library`` custom ops ``attn_zoo::na2d`` / ``attn_zoo::na2d_backward``, which carry FLOP
   formulas for ``torch.utils.flop_counter.FlopCounterMode``. Runs on any device.
 * ``"natten"`` - natten's ``na2d`` (natten 0.21.7), ``border="inward"`` only, imported lazily.
-* ``"auto"`` - natten on CUDA for ``"inward"`` when natten has its compiled kernels, else ``cpu_fast``.
+* ``"auto"`` - the dispatch table's choice for the call (:func:`attn_zoo.layers.backends.select`): a path that
+  ran here once and that the measured shape table puts first (natten on CUDA only for ``"inward"`` with its
+  compiled kernels). Nothing falls back silently: a path that cannot compute a call is an error.
 """
 
 import math
@@ -30,17 +32,13 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import register_flop_formula
 
 from attn_zoo.errors import BackendUnavailableError, KnobError, MechanismInputError, UnknownNameError
-from attn_zoo.layers.backends import register_backend
 
 __all__ = [
     "BACKENDS",
     "BORDERS",
-    "available_backends",
-    "neighborhood_attention",
     "neighborhood_attention_macs",
 ]
 
@@ -56,80 +54,6 @@ _NATTEN_INSTALL = f"pip install --no-build-isolation natten=={_NATTEN_VERSION}"
 # ---------------------------------------------------------------------------------------------------------
 
 
-def neighborhood_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    kernel_size: tuple[int, int] | int,
-    dilation: tuple[int, int] | int = (1, 1),
-    *,
-    scale: float,
-    border: str = "zero",
-    backend: str = "auto",
-) -> Tensor:
-    """2-D dilated neighbourhood attention.
-
-    Args:
-        q: queries, ``(B, heads, H, W, d_qk)``.
-        k: keys, ``(B, heads, H, W, d_qk)``.
-        v: values, ``(B, heads, H, W, d_v)``.
-        kernel_size: ``(k_h, k_w)``, each odd and >= 1; rectangular windows such as ``(5, 1)`` are
-            allowed. An int means a square window.
-        dilation: ``(d_h, d_w)``, each >= 1 (an int means the same on both axes).
-        scale: the logit scale, usually ``d_qk ** -0.5``.
-        border: ``"zero"`` (default), ``"masked"`` or ``"inward"``; see below.
-        backend: ``"auto"``, ``"reference"``, ``"cpu_fast"`` or ``"natten"``.
-
-    Returns:
-        ``(B, heads, H, W, d_v)``, in the dtype of ``q``.
-
-    Semantics. With ``r_h = (k_h - 1) // 2`` and ``r_w = (k_w - 1) // 2``, the neighbours of query
-    ``(i, j)`` are the ``k_h * k_w`` positions ``(i + (a - r_h) * d_h, j + (b - r_w) * d_w)`` for
-    ``0 <= a < k_h``, ``0 <= b < k_w``. The logits are ``scale * q[i, j] . k[neighbour]``; the softmax runs
-    over the ``k_h * k_w`` neighbours; the output is the probability-weighted sum of the neighbours' ``v``.
-    What a neighbour outside the image means depends on ``border``:
-
-    * ``"zero"`` (DilateFormer's official behaviour): it is a zero key and a zero value that still takes
-      part in the softmax, with logit exactly 0 and value 0. This is what ``nn.Unfold`` with zero padding
-      ``d * (k - 1) / 2`` gives. Any ``H, W`` is allowed, even smaller than the window.
-    * ``"masked"``: it is left out of the softmax (the query itself is always a neighbour, so the softmax
-      never becomes empty). Any ``H, W`` is allowed.
-    * ``"inward"`` (NAT/DiNAT, natten's definition, stride 1, non-causal): along each axis the map of size
-      ``n`` splits into ``d`` interleaved sub-grids (positions with the same ``x mod d``); inside its
-      sub-grid, of ``n_g`` positions, a query at sub-grid index ``x // d`` uses the window centred at
-      ``clamp(x // d, r, n_g - 1 - r)``, i.e. the window is shifted inward at the border so every query
-      has ``k_h * k_w`` real neighbours. Requires ``H >= k_h * d_h`` and ``W >= k_w * d_w`` (natten's
-      condition: it makes every sub-grid at least one window long); otherwise ``MechanismInputError``.
-
-    Gradients flow to ``q``, ``k`` and ``v`` on the ``reference`` and ``cpu_fast`` backends (first order
-    only on ``cpu_fast``). ``natten`` has no backward on CPU (its flex path), so it refuses inputs that
-    require grad there.
-
-    FLOPs: ``FlopCounterMode`` counts ``2 * B * heads * H * W * k_h * k_w * (d_qk + d_v)`` for the forward
-    (see :func:`neighborhood_attention_macs`) and twice that for the backward on both the ``reference``
-    and ``cpu_fast`` backends; out-of-image neighbours are counted too, as the unfold formulation
-    computes them. Under a dispatch mode (FlopCounterMode) a natten call runs as ``cpu_fast``, the same
-    inward attention with a formula, so the count never depends on the backend.
-
-    Raises:
-        MechanismInputError: wrong rank, mismatched shapes/dtypes/devices, even or non-positive kernel,
-            dilation < 1, non-finite scale, an ``"inward"`` map smaller than kernel * dilation, or a
-            natten-only constraint (border other than ``"inward"``, a kernel dimension of 1).
-        UnknownNameError: unknown ``border`` or ``backend``.
-        BackendUnavailableError: ``backend="natten"`` when natten is not importable, when inputs require
-            grad on CPU, or when natten has no kernel for the call (on CPU its flex path needs
-            ``d_qk == d_v``, a power of two in [8, 512], and float32/16); the message says which.
-    """
-    kernel, dil = _validate(q, k, v, kernel_size, dilation, scale, border, backend)
-    chosen = choose_backend(backend, q, border, kernel)
-    if chosen == "reference":
-        return _reference_na2d(q, k, v, kernel, dil, float(scale), border)
-    if chosen == "natten":
-        return _natten_na2d(q, k, v, kernel, dil, float(scale), strict=backend == "natten")
-    out, _ = torch.ops.attn_zoo.na2d(q, k, v, kernel[0], kernel[1], dil[0], dil[1], float(scale), border)
-    return out
-
-
 def neighborhood_attention_macs(
     B: int, heads: int, H: int, W: int, kernel_size: tuple[int, int] | int, d_qk: int, d_v: int
 ) -> int:
@@ -141,30 +65,6 @@ def neighborhood_attention_macs(
     """
     kh, kw = _pair(kernel_size, "kernel_size")
     return B * heads * H * W * kh * kw * (d_qk + d_v)
-
-
-def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:
-    """Which concrete backends are usable on ``device``: ``{name: None}`` if one is, else ``{name: reason}``.
-
-    ``reference`` and ``cpu_fast`` are plain torch and always run. ``natten`` counts as available only
-    where it is a real fast path: CUDA with natten's compiled kernels (libnatten). On CPU natten runs its
-    unfused flex path, forward only, so it is reported with that reason; forcing ``backend="natten"``
-    still runs it there (without gradients), which is what the parity tests do.
-    """
-    return {"reference": None, "cpu_fast": None, "natten": _natten_unavailable(torch.device(device))}
-
-
-def _natten_unavailable(device: torch.device) -> str | None:
-    reason = _natten_import_error()
-    if reason is not None:
-        return reason
-    if device.type == "cpu":
-        return "on CPU natten runs only its unfused flex path, forward only (parity checks, not training)"
-    if device.type != "cuda":
-        return f"natten has no kernels for {device.type!r}"
-    if not getattr(_natten_module, "HAS_LIBNATTEN", False):
-        return "natten is installed without libnatten, its compiled CUDA kernels (only unfused flex would run)"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,25 +140,18 @@ def _validate(
     return kernel, dil
 
 
-def choose_backend(backend: str, q: Tensor, border: str, kernel: tuple[int, int]) -> str:
-    """The concrete backend a call with ``backend`` runs: ``"auto"`` resolved, a forced ``"natten"`` checked.
-
-    Under a dispatch mode such as ``FlopCounterMode`` natten becomes ``cpu_fast`` (same inward attention):
-    natten's kernels carry no FLOP formula and its CPU flex path refuses to run under a dispatch mode, while
-    ``cpu_fast`` is counted by its registered formula, so counts never depend on the backend.
-    """
-    if backend in ("auto", "natten") and is_in_torch_dispatch_mode(include_infra_modes=False):
-        if backend == "natten":
-            _check_natten_call(border, kernel)
-        return "cpu_fast"
-    if backend == "natten":
-        _check_natten_call(border, kernel)
-        return "natten"
-    if backend == "auto":
-        if border == "inward" and min(kernel) >= 2 and _natten_unavailable(q.device) is None:
-            return "natten"
-        return "cpu_fast"
-    return backend
+def na_call(q: Tensor, border: str, kernel: Sequence[int]) -> dict[str, object]:
+    """What the shape table keys a neighbourhood call on: tokens, window, head width, sequences, border, grad."""
+    B, heads, H, W, d = q.shape
+    return {
+        "n_q": H * W,
+        "n_k": kernel[0] * kernel[1],
+        "head_dim": d,
+        "seqs": B * heads,
+        "border": border,
+        "kernel": tuple(kernel),
+        "grad": torch.is_grad_enabled() and q.requires_grad,
+    }
 
 
 def check_mixer_backend(mechanism: str, backend: str, border: str, kernel: object) -> None:
@@ -754,13 +647,10 @@ def _natten_na2d(
     kernel: tuple[int, int],
     dil: tuple[int, int],
     scale: float,
-    *,
-    strict: bool,
 ) -> Tensor:
     """natten's ``na2d`` on our layout; natten wants ``(B, H, W, heads, d)``.
 
-    ``strict`` (a forced backend) turns natten's "no kernel for this case" into BackendUnavailableError;
-    otherwise ("auto") the call falls back to ``cpu_fast``.
+    natten's "no kernel for this case" is a BackendUnavailableError: nothing falls back to another path.
     """
     natten = _import_natten()
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
@@ -774,19 +664,9 @@ def _natten_na2d(
     try:
         out = natten.na2d(*to_natten, kernel_size=kernel, dilation=dil, scale=scale)  # type: ignore[attr-defined]
     except NotImplementedError as exc:  # natten found no backend for this dtype/head dims/device
-        if not strict:
-            out, _ = torch.ops.attn_zoo.na2d(q, k, v, kernel[0], kernel[1], dil[0], dil[1], scale, "inward")
-            return out
         raise BackendUnavailableError(
             f"natten has no kernel for this call (dtype {q.dtype}, d_qk {q.shape[-1]}, d_v {v.shape[-1]}, "
             f"device {q.device}; natten's flex path, the only one on CPU, needs d_qk == d_v, a power of "
             f"two in [8, 512], and a 16/32-bit float): {exc}"
         ) from exc
     return out.permute(0, 3, 1, 2, 4)
-
-
-# Make the kernel's paths known to the mixers' backend resolution (``Mixer.pick_backend``).
-register_backend("cpu_fast", lambda device: available_backends(device)["cpu_fast"])
-register_backend(
-    "natten", lambda device: available_backends(device)["natten"], runs=lambda device: _natten_import_error()
-)

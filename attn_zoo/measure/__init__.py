@@ -1,6 +1,6 @@
 """Measurement, kept apart from the models: counts, latency, memory, efficiency, scaling, receptive field,
 environment. ``measure_model`` (in :mod:`attn_zoo.measure.profile`) is what a grid cell calls; the scaling fits
-are in :mod:`attn_zoo.measure.scaling` (also ``python -m attn_zoo.measure.scaling STORE``)."""
+are in :mod:`attn_zoo.measure.scaling` (also ``python -m attn_zoo.cli.scaling STORE``)."""
 
 from attn_zoo.measure.counting import analytic_attention_macs, count_flops, count_model, count_params, fvcore_macs
 from attn_zoo.measure.efficiency import matmul_peak_gflops

@@ -75,3 +75,28 @@ def efficiency(flops_per_image: float, batch: int, latency_ms: float, peak_gflop
     """``gflops_achieved`` and ``peak_fraction`` of a call that did ``flops_per_image * batch`` in ``latency_ms``."""
     achieved = flops_per_image * batch / (latency_ms * 1e-3) / 1e9
     return {"gflops_achieved": achieved, "matmul_peak_gflops": peak_gflops, "peak_fraction": achieved / peak_gflops}
+
+
+# A training step costs forward + backward ~ 3 x the forward (the recipe's TRAIN_MACS_FACTOR): 6 x MACs FLOPs.
+TRAIN_FLOPS_FACTOR = 3
+
+
+def train_step_efficiency(flops_per_image: float, batch: int, step_ms: float, peak_gflops: float) -> dict[str, float]:
+    """``train_gflops_achieved`` and ``train_peak_fraction`` of one training step of ``batch`` images in
+    ``step_ms``: ``3 x forward flops x batch / step time`` (= 6 x MACs x batch / step time)."""
+    achieved = TRAIN_FLOPS_FACTOR * flops_per_image * batch / (step_ms * 1e-3) / 1e9
+    return {"train_gflops_achieved": achieved, "train_peak_fraction": achieved / peak_gflops}
+
+
+def training_efficiency(
+    metrics: dict[str, float], device: str | torch.device = "cpu", dtype: str = "float32"
+) -> dict[str, float]:
+    """For a trained cell's row: achieved GFLOP/s over the whole training (``2 x train_macs / train_time_s``, data
+    loading included) and its fraction of the matmul peak here, at the current thread count. ``{}`` when the row
+    has no ``train_macs`` / ``train_time_s``. Call it in the process that trained, after training."""
+    macs, seconds = metrics.get("train_macs"), metrics.get("train_time_s")
+    if not macs or not seconds:
+        return {}
+    achieved = 2 * macs / seconds / 1e9
+    peak = matmul_peak_gflops(device, dtype)
+    return {"train_gflops_achieved": achieved, "matmul_peak_gflops": peak, "train_peak_fraction": achieved / peak}

@@ -22,9 +22,16 @@ def _version(package: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The checkout's commit, with ``+dirty`` when tracked files differ; ``None`` outside a git checkout."""
+    """The checkout's commit, with ``+dirty`` when tracked files differ; ``None`` outside a git checkout.
+
+    ``$ATTN_ZOO_COMMIT`` overrides it, for a copy of the code without its own ``.git`` (a copy placed inside
+    another checkout would otherwise report that checkout's commit)."""
+    return os.environ.get("ATTN_ZOO_COMMIT") or _git_commit()
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
     root = Path(attn_zoo.__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
@@ -74,6 +81,7 @@ def environment(device: str | torch.device = "cpu", dtype: torch.dtype | str = t
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": _cpu_capability(),
+        "cpu_caches": cpu_caches(),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "device": str(device),
@@ -106,3 +114,24 @@ def _cpu_capability() -> str | None:
         return torch.backends.cpu.get_cpu_capability()
     except (AttributeError, RuntimeError):  # pragma: no cover - old torch
         return None
+
+
+@lru_cache(maxsize=1)
+def cpu_caches() -> str | None:
+    """The CPU caches of core 0 as the OS reports them (``L1d 48K, L1i 64K, L2 2048K, L3 491520K``), or None.
+
+    oneDNN sizes the blocks of its convolution kernels from these, and the blocking sets the order in which a
+    convolution sums: two machines of the same CPU model whose VMs report different caches may give different
+    low bits in MSA-Conv's dense 3x3 convolutions (docs/backends.md, "Determinism"). Recorded so that rows can
+    tell such machines apart."""
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        parts = []
+        for index in sorted(root.glob("index*")):
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+            parts.append(f"L{level}{suffix} {(index / 'size').read_text().strip()}")
+    except OSError:
+        return None
+    return ", ".join(parts) or None

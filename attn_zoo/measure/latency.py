@@ -65,8 +65,10 @@ def measure_latency(
     max_repeats: int = 200,
     time_cap_s: float = 10.0,
     target_ci: float = 0.02,
+    keep_times: bool = False,
 ) -> dict[str, float]:
-    """Time ``fn()`` on ``device``; returns the :data:`LATENCY_KEYS` (milliseconds).
+    """Time ``fn()`` on ``device``; returns the :data:`LATENCY_KEYS` (milliseconds), and with ``keep_times``
+    also ``times_ms``: every timed call, in order (so that reports can pool repeated measurements).
 
     ``repeats`` fixes the number of timed calls (no early stop, no time cap). Otherwise calls are made until
     the median's 95% bootstrap CI half-width is within ``target_ci`` of the median (checked from
@@ -111,6 +113,8 @@ def measure_latency(
     result = summarize(times)
     result["converged"] = 1.0 if converged else 0.0
     result["warmup"] = float(warmup)
+    if keep_times:
+        result["times_ms"] = [float(t) for t in times]  # type: ignore[assignment]
     return result
 
 

@@ -19,8 +19,9 @@ from torch import nn
 
 from attn_zoo.errors import ConfigError
 from attn_zoo.layers.stems import stem_out_size
+from attn_zoo.measure import machine
 from attn_zoo.measure.counting import analytic_attention_macs, count_model
-from attn_zoo.measure.efficiency import efficiency, matmul_peak_gflops
+from attn_zoo.measure.efficiency import efficiency, matmul_peak_gflops, train_step_efficiency
 from attn_zoo.measure.environment import cpu_load
 from attn_zoo.measure.erf import measure_erf
 from attn_zoo.measure.latency import LATENCY_KEYS, measure_latency
@@ -82,6 +83,11 @@ METRIC_DOCS: dict[str, str] = {
     "latency_{mode}_converged": "1 when the CI target was met, 0 when the time cap or max_repeats stopped it",
     "latency_{mode}_warmup": "untimed calls made first",
     "latency_median_ms": "alias of latency_fwd_median_ms (the report's latency column)",
+    "latency_{mode}_times_ms": "every timed call (a list; the store keeps it in its samples table)",
+    "machine_wait_s": "seconds the cell waited for the other cells of the run to stop computing before timing",
+    "machine_locked": "1 when the figures were taken holding the machine alone (a grid worker), else 0",
+    "cpu_load_before_1m": "the 1-minute load average when the timed figures started",
+    "cpu_load_after_1m": "the 1-minute load average when they ended",
     "cpu_load_1m": "the machine's 1-minute load average when timing started (above its core count: shared CPU)",
     "compile_s": "seconds of the first (compiling) call, with compile = true",
     "throughput_img_s": "images per second of the forward pass at batch_size",
@@ -95,6 +101,9 @@ METRIC_DOCS: dict[str, str] = {
     "gflops_achieved": "forward flops * batch_size / forward median latency, GFLOP/s",
     "matmul_peak_gflops": "this machine's measured large-matmul GFLOP/s in the same dtype and threads",
     "peak_fraction": "gflops_achieved / matmul_peak_gflops",
+    "train_gflops_achieved": "3 x forward flops (6 x MACs) * batch_size / training-step median latency, GFLOP/s; in "
+    "a trained cell: 2 x train_macs / train_time_s (measure.efficiency.training_efficiency)",
+    "train_peak_fraction": "train_gflops_achieved / matmul_peak_gflops",
     "erf_r50": "radius (pixels) holding 50% of the effective receptive field's mass, untrained model",
     "erf_r90": "radius holding 90%",
     "erf_r50_rel": "erf_r50 / the distance from the centre point to the farthest corner",
@@ -149,12 +158,24 @@ def validate_measure(spec: Mapping[str, Any]) -> None:
         raise bad("target_ci", "must be in [0, 1) (0.02 = +-2% of the median)")
 
 
+# What torch raises without an OOM type: its CPU allocator fails with a plain RuntimeError ("DefaultCPUAllocator:
+# can't allocate memory: you tried to allocate N bytes", torch 2.15), and an asynchronous CUDA error with an
+# AcceleratorError ("CUDA error: out of memory"). A dead worker leaves only its log's text ("MemoryError").
+OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """An allocation failure: CUDA's, the CPU allocator's, or Python's MemoryError."""
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or any(
-        m in text for m in ("out of memory", "can't allocate memory", "cannot allocate memory")
-    )
+    """An allocation failure: ``torch.OutOfMemoryError`` (CUDA and other accelerators), Python's
+    ``MemoryError``, or a ``RuntimeError`` whose text is one of :data:`OOM_TEXTS` (the CPU allocator's)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_TEXTS)
+
+
+def is_oom_message(text: str) -> bool:
+    """Whether the error text of a process that died without a result is an allocation failure."""
+    low = text.lower()
+    return "memoryerror" in low or any(m in low for m in OOM_TEXTS)
 
 
 def _check_device(device: torch.device) -> None:
@@ -215,6 +236,28 @@ def measure_model(
         except NotImplementedError as exc:  # a plugin without a formula: the counted number still stands
             warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
 
+    if any(spec[flag] for flag in (*_LATENCY_MODES, "memory", "efficiency")) or spec["max_batch_mem_mb"] > 0:
+        # timing owns the machine: in a grid worker this waits until no other cell of the run computes here
+        with machine.measuring() as held:
+            metrics.update(_timed_figures(model, config, spec, options, device, metrics.get("flops")))
+        metrics.update(held)
+        metrics["machine_locked"] = 1.0 if machine.locked_worker() else 0.0
+
+    if spec["erf"]:
+        metrics.update(erf_metrics(model, config, spec, device, "erf", artifact_dir, artifacts))
+    return metrics
+
+
+def _timed_figures(
+    model: nn.Module,
+    config: Any,
+    spec: Mapping[str, Any],
+    options: StepOptions,
+    device: torch.device,
+    flops: float | None,
+) -> dict[str, Any]:
+    """Latency, throughput, memory and efficiency: the figures that need the machine to themselves."""
+    metrics: dict[str, Any] = {}
     latencies: dict[str, dict[str, float]] = {}
     load = cpu_load()
     if load is not None and any(spec[flag] for flag in _LATENCY_MODES):
@@ -223,6 +266,8 @@ def measure_model(
         if spec[flag]:
             latencies[mode] = time_mode(model, mode, options, device, spec)
             metrics.update({f"latency_{mode}_{k}": latencies[mode][k] for k in LATENCY_KEYS})
+            if "times_ms" in latencies[mode]:  # every timed call: the store keeps them as samples
+                metrics[f"latency_{mode}_times_ms"] = latencies[mode]["times_ms"]
             if "compile_s" in latencies[mode] and "compile_s" not in metrics:
                 metrics["compile_s"] = latencies[mode]["compile_s"]
     if "fwd" in latencies:
@@ -246,13 +291,16 @@ def measure_model(
     if spec["max_batch_mem_mb"] > 0:
         metrics.update(max_batch_throughput(model, options, device, spec))
 
-    if spec["efficiency"] and "fwd" in latencies and "flops" in metrics:
+    if spec["efficiency"] and ("fwd" in latencies or "train" in latencies) and flops is not None:
         # with autocast the matmuls run in bfloat16: compare with that peak
         peak = matmul_peak_gflops(device, "bfloat16" if spec["amp"] else spec["dtype"])
-        metrics.update(efficiency(metrics["flops"], options.batch, latencies["fwd"]["median_ms"], peak))
+        if "fwd" in latencies:
+            metrics.update(efficiency(flops, options.batch, latencies["fwd"]["median_ms"], peak))
+        if "train" in latencies:
+            step_ms = latencies["train"]["median_ms"]
+            metrics.update(train_step_efficiency(flops, options.batch, step_ms, peak))
+            metrics["matmul_peak_gflops"] = peak
 
-    if spec["erf"]:
-        metrics.update(erf_metrics(model, config, spec, device, "erf", artifact_dir, artifacts))
     return metrics
 
 
@@ -324,7 +372,7 @@ def time_mode(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         result["compile_s"] = time.perf_counter() - start
-    result.update(measure_latency(step, device=device, **kwargs))
+    result.update(measure_latency(step, device=device, keep_times=True, **kwargs))
     return result
 
 
@@ -344,8 +392,8 @@ def max_batch_throughput(
         trial = dataclasses.replace(options, batch=batch)
         try:
             peak = call_peak_mb(model, "fwd", trial, device, calls=1)
-        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-            if not isinstance(exc, (torch.OutOfMemoryError, MemoryError)) and not is_oom(exc):
+        except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_oom(exc):
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()

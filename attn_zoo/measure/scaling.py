@@ -6,7 +6,7 @@ approaches 2 as the quadratic term dominates, window and neighbourhood attention
 the number of tokens of the first stage (``(img_size / patch) ** 2``, written by ``measure_model``); any
 fixed multiple of it gives the same exponent, so ``img_size ** 2`` is used when a store has no ``tokens``.
 
-Command line: ``python -m attn_zoo.measure.scaling STORE.sqlite [--by label] [--json] [--csv OUT]``.
+Command line: ``python -m attn_zoo.cli.scaling STORE.sqlite [--by label] [--json] [--csv OUT]``.
 
 Columns of :func:`fit_exponents`' result (documented in docs/measurement.md):
     the ``by`` columns; ``metric``; ``exponent`` (b); ``exponent_ci95`` (half-width of its 95% t-interval,
@@ -16,16 +16,12 @@ Columns of :func:`fit_exponents`' result (documented in docs/measurement.md):
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-
-from attn_zoo.report.stats import t_critical
+import scipy.stats
 
 DEFAULT_METRICS = (
     "macs",
@@ -63,7 +59,7 @@ def fit_power_law(tokens: Sequence[float], values: Sequence[float]) -> dict[str,
     ci = math.nan
     if n > 2:
         se = math.sqrt(ss_res / (n - 2) / float(((x - x.mean()) ** 2).sum()))
-        ci = t_critical(n - 2) * se
+        ci = float(scipy.stats.t.ppf(0.975, n - 2)) * se
     return {
         "exponent": float(slope),
         "exponent_ci95": ci,
@@ -122,33 +118,3 @@ def exponent_table(fits: pd.DataFrame, by: str = "label") -> pd.DataFrame:
         return pd.DataFrame()
     cells = fits.assign(text=fits.apply(fmt, axis=1))
     return cells.pivot(index=by, columns="metric", values="text").reset_index()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from attn_zoo.grid.store import Store
-
-    parser = argparse.ArgumentParser(prog="python -m attn_zoo.measure.scaling", description=__doc__.split("\n")[0])
-    parser.add_argument("store", help="a results store (.sqlite)")
-    parser.add_argument("--by", default="label", help="group column (default: label)")
-    parser.add_argument("--metrics", nargs="*", default=None, help=f"default: {' '.join(DEFAULT_METRICS)}")
-    parser.add_argument("--json", action="store_true", help="print the fits as JSON records")
-    parser.add_argument("--csv", default=None, help="also write the fits to this CSV file")
-    args = parser.parse_args(argv)
-    fits = fit_exponents(Store(args.store).frame(), args.metrics, by=args.by)
-    if args.csv:
-        from attn_zoo.paths import atomic_output
-
-        with atomic_output(args.csv) as tmp:
-            fits.to_csv(tmp, index=False)
-    if args.json:
-        print(json.dumps(fits.to_dict(orient="records"), indent=2))
-    else:
-        from attn_zoo.cli._format import table
-
-        wide = exponent_table(fits, args.by)
-        print(table(list(wide.columns), wide.values.tolist(), markdown=True) if len(wide) else "no fits")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

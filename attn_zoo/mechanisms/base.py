@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import MechanismInputError, UnknownNameError
-from attn_zoo.layers import neighborhood
-from attn_zoo.layers.backends import resolve_backend
+from attn_zoo.layers import backends, neighborhood
+from attn_zoo.layers.attention import dense_call
 
 
 class Mixer(nn.Module):
@@ -29,11 +29,16 @@ class Mixer(nn.Module):
             (Swin's W-MSA / SW-MSA pair is ``({"shift": False}, {"shift": True})``). User knobs override.
         stage_defaults: per-stage defaults from the paper (``{"r_n": (8, 4, 2, 1)}``); stages past the end
             reuse the last value. User knobs override.
-        backends: the attention paths this mechanism can run, best first for ``backend="auto"``.
-        auto_order: per device type (``"cpu"``, ``"cuda"``), the order ``"auto"`` tries there when it differs
-            from ``backends`` (e.g. window attention of 49 tokens is faster unfused on CPU); measured, see
-            docs/backends.md.
+        backends: the attention paths this mechanism offers. Whether one runs here is the dispatch table's
+            answer, and which one ``backend="auto"`` takes is the measured shape table's, for the call's shapes
+            (:func:`attn_zoo.layers.backends.select`; docs/backends.md).
+        op: the attention op the mechanism calls: ``"dense"`` (:func:`attn_zoo.layers.backends.dense_attention`,
+            through :meth:`attend`) or ``"neighborhood"`` (:func:`attn_zoo.layers.backends.neighborhood_attention`).
         paper: one line naming the paper and the official code it follows.
+        ignores: what the output does not depend on by design, each with the reason, e.g.
+            ``{"channels": "only the first C/2 channels are mixed"}``; keys ``positions``, ``channels``,
+            ``context``. Set it in ``__init__`` instead when it depends on the knobs. The conformance kit's
+            ``dependence`` check exempts these and says so.
     """
 
     name: ClassVar[str] = ""
@@ -41,7 +46,8 @@ class Mixer(nn.Module):
     block_pattern: ClassVar[Sequence[Mapping[str, Any]]] = ({},)
     stage_defaults: ClassVar[Mapping[str, Sequence[Any]]] = {}
     backends: ClassVar[tuple[str, ...]] = ("reference",)
-    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    op: ClassVar[str] = "dense"
+    ignores: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, dim: int, num_heads: int, *, feat_size: tuple[int, int] | None = None):
         super().__init__()
@@ -84,9 +90,11 @@ class Mixer(nn.Module):
         config fails before any compute; e.g. natten only shifts windows inward. Names are checked elsewhere."""
 
     @classmethod
-    def auto_candidates(cls, device: torch.device | str) -> tuple[str, ...]:
-        """The order ``backend="auto"`` tries on ``device``: ``auto_order[device type]`` or ``backends``."""
-        return tuple(cls.auto_order.get(torch.device(device).type, cls.backends))
+    def auto_candidates(cls, device: torch.device | str, call: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The order ``backend="auto"`` tries on ``device`` for a call like ``call`` (the shape table's order)."""
+        from attn_zoo.layers.auto_table import auto_order
+
+        return auto_order(cls.op, torch.device(device).type, dict(call or {}), cls.backends, cls.name)
 
     def attention_macs(self, height: int, width: int) -> int:
         """Analytic multiply-accumulates of this mixer for one image at a ``height x width`` stage map."""
@@ -115,25 +123,34 @@ class Mixer(nn.Module):
             raise UnknownNameError(f"backend for {self.name or type(self).__name__}", backend, allowed)
         self.backend = backend
 
-    def pick_backend(self, x: torch.Tensor) -> str:
-        """The attention path to run for input ``x`` (records it in ``last_backend``)."""
+    def pick_backend(self, x: torch.Tensor, call: Mapping[str, Any] | None = None) -> str:
+        """The attention path a call on ``x``'s device runs: the dispatch table's choice for ``call`` (the call's
+        shapes; :func:`attn_zoo.layers.backends.select`), recorded in ``last_backend``. A path that cannot run
+        raises ``BackendUnavailableError``."""
         label = self.name or type(self).__name__
-        name = resolve_backend(self.backend, self.backends, x.device, label, self.auto_candidates(x.device))
+        name = backends.select(self.backend, self.backends, x.device, op=self.op, owner=label, call=call)
         self.last_backend = name
         return name
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Dense attention with the path chosen for these shapes (recorded in ``last_backend``)."""
+        name = self.pick_backend(q, dense_call(q, k, v, bias))
+        return backends.run("dense", name, q.device, q, k, v, scale=scale, bias=bias)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend}"
 
 
 class NeighborhoodMixer(Mixer):
-    """A mixer whose attention is :func:`attn_zoo.layers.neighborhood.neighborhood_attention` (MSDA,
+    """A mixer whose attention is :func:`attn_zoo.layers.backends.neighborhood_attention` (MSDA,
     MSA-Conv): it has ``border`` and ``kernel`` knobs, a forced backend is checked against them (natten needs
-    ``border="inward"``), and ``"auto"`` is the kernel's own choice, asked of the kernel so the recorded name
-    cannot drift from what runs (natten on CUDA for "inward" with libnatten, else cpu_fast)."""
+    ``border="inward"``), and the concrete path chosen here (never ``"auto"``) is what the kernel runs."""
 
     border: str
     kernel: Any
+    op: ClassVar[str] = "neighborhood"
 
     @classmethod
     def check_backend(cls, backend: str, knobs: Mapping[str, Any]) -> None:
@@ -143,8 +160,16 @@ class NeighborhoodMixer(Mixer):
         self.check_backend(backend, {"border": self.border, "kernel": self.kernel})
         super().set_backend(backend)
 
-    def pick_backend(self, x: torch.Tensor) -> str:
-        if self.backend != "auto":
-            return super().pick_backend(x)  # checks that the forced path runs on x's device
-        self.last_backend = neighborhood.choose_backend("auto", x, self.border, self.kernel)
-        return "auto"
+    def pick_backend(self, x: torch.Tensor, call: Mapping[str, Any] | None = None) -> str:
+        """The path of the neighbourhood calls on ``x`` (``call`` defaults to this mixer's kernel calls on ``x``)."""
+        if call is None:
+            kernel = tuple(self.kernel) if not isinstance(self.kernel, int) else (self.kernel, self.kernel)
+            seqs, tokens = self.neighborhood_call_size(*x.shape[:3])
+            call = {"n_q": tokens, "n_k": kernel[0] * kernel[1], "head_dim": self.head_dim, "seqs": seqs}
+            call.update(border=self.border, kernel=kernel, grad=torch.is_grad_enabled() and x.requires_grad)
+        return super().pick_backend(x, call)
+
+    def neighborhood_call_size(self, batch: int, height: int, width: int) -> tuple[int, int]:
+        """``(sequences, tokens)`` of one kernel call for a ``batch x height x width`` input: ``B * heads`` maps of
+        ``H * W`` tokens (MSDA calls once per dilation group, MSA-Conv on an inter-pooled grid: they override)."""
+        return batch * self.num_heads, height * width

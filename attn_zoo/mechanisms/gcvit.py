@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.attention import WINDOW_AUTO_ORDER, WINDOW_BACKENDS, dense_attention
+from attn_zoo.layers.attention import WINDOW_BACKENDS
 from attn_zoo.layers.mbconv import MbConvBlock
 from attn_zoo.layers.window import RelativePositionBias, pad_to_multiple, window_partition, window_reverse
 from attn_zoo.mechanisms.base import Mixer
@@ -152,7 +152,6 @@ class GCViTAttention(Mixer):
     paper = "GC-ViT (Hatamizadeh et al., ICML 2023), NVlabs/GCVit; timm gcvit"
     block_pattern = ({"global_query": False}, {"global_query": True})
     backends = WINDOW_BACKENDS
-    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = WINDOW_AUTO_ORDER
 
     def __init__(
         self,
@@ -216,7 +215,7 @@ class GCViTAttention(Mixer):
             k, v = self.qkv(windows).reshape(B, nW, N, 2, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)
             q = self._repeat_query(q_global, nW)
         bias = self.rel_pos().unsqueeze(0)  # (1, heads, N, N)
-        out = dense_attention(q, k, v, scale=self.scale, bias=bias, backend=self.pick_backend(x))
+        out = self.attend(q, k, v, scale=self.scale, bias=bias)
         out = self.proj(out.transpose(2, 3).reshape(B, nW, N, C))
         return window_reverse(out, self.window, Hp, Wp)[:, :H, :W, :]
 

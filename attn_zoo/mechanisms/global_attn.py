@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
+from attn_zoo.layers.attention import DENSE_BACKENDS
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
 
@@ -36,7 +36,7 @@ class GlobalAttention(Mixer):
         """``(B, H, W, C) -> (B, H, W, C)``."""
         B, H, W, C = self.check_input(x)
         qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = dense_attention(*qkv.unbind(0), scale=self.scale, backend=self.pick_backend(x))
+        out = self.attend(*qkv.unbind(0), scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
     def attention_macs(self, height: int, width: int) -> int:

@@ -19,14 +19,13 @@ Whenever H and W are multiples of M the output equals the official code's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError
-from attn_zoo.layers.attention import WINDOW_AUTO_ORDER, WINDOW_BACKENDS, dense_attention
+from attn_zoo.layers.attention import WINDOW_BACKENDS
 from attn_zoo.layers.window import pad_to_multiple, window_partition, window_reverse
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
@@ -52,7 +51,6 @@ class InteractiveWindowAttention(Mixer):
 
     paper = "ScalableViT (Yang et al., ECCV 2022), Yangr116/ScalableViT"
     backends = WINDOW_BACKENDS
-    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = WINDOW_AUTO_ORDER
 
     def __init__(
         self,
@@ -98,7 +96,7 @@ class InteractiveWindowAttention(Mixer):
         q, k, v = windows.reshape(B, nW, N, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
         bias = self._mask(H, W, Hp, Wp, win, x.device) if self.mask_padding else None
         bias = bias.to(q.dtype) if bias is not None else None
-        out = dense_attention(q, k, v, scale=self.scale, bias=bias, backend=self.pick_backend(x))
+        out = self.attend(q, k, v, scale=self.scale, bias=bias)
         out = window_reverse(out.transpose(2, 3).reshape(B, nW, N, C), win, Hp, Wp)[:, :H, :W]
         if self.lim is not None:
             value_map = qkv[:, :H, :W, 2 * C :].permute(0, 3, 1, 2)  # the real (B, C, H, W) map, never padded

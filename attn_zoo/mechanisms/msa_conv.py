@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.neighborhood import neighborhood_attention
+from attn_zoo.layers.backends import neighborhood_attention
 from attn_zoo.mechanisms.base import NeighborhoodMixer
 from attn_zoo.registry import register_mechanism
 
@@ -149,6 +149,10 @@ class MSAConv(NeighborhoodMixer):
             raise KnobError(f"mechanism 'msa_conv': shift must be >= 0 pixels (0 = off), got {knobs['shift']}")
         if knobs.get("inter_pool", 1) < 1:
             raise KnobError(f"mechanism 'msa_conv': inter_pool must be >= 1 (1 = off), got {knobs['inter_pool']}")
+
+    def neighborhood_call_size(self, batch: int, height: int, width: int) -> tuple[int, int]:
+        hs, ws = self.attention_grid(height, width)  # inter-pooling: f^2 sub-images per image on a grid / f
+        return batch * self.inter_pool**2 * self.num_heads, hs * ws
 
     def attention_grid(self, height: int, width: int) -> tuple[int, int]:
         """The map the local attention runs on: ``(ceil(H/f), ceil(W/f))`` with inter-pooling, else ``(H, W)``."""

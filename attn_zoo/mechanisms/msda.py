@@ -3,7 +3,7 @@
 Follows JIAOJIAYUASD/dilateformer (models/dilateformer.py, ``MultiDilatelocalAttention`` and
 ``DilateAttention``). The heads are split into one contiguous group per dilation; each group runs sliding-window
 attention over the k x k neighbours of every query at its own dilation. The neighbourhood computation is the
-shared kernel :func:`attn_zoo.layers.neighborhood.neighborhood_attention`; this file only arranges the heads.
+shared kernel :func:`attn_zoo.layers.backends.neighborhood_attention`; this file only arranges the heads.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.neighborhood import neighborhood_attention, neighborhood_attention_macs
+from attn_zoo.layers.backends import neighborhood_attention
+from attn_zoo.layers.neighborhood import neighborhood_attention_macs
 from attn_zoo.mechanisms.base import NeighborhoodMixer
 from attn_zoo.registry import register_mechanism
 
@@ -123,6 +124,9 @@ class MultiScaleDilatedAttention(NeighborhoodMixer):
         ]
         out = torch.cat(groups, dim=1)  # (B, heads, H, W, head_dim): new tensor, no write into x
         return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))
+
+    def neighborhood_call_size(self, batch: int, height: int, width: int) -> tuple[int, int]:
+        return batch * self.heads_per_group, height * width  # one kernel call per dilation group
 
     def attention_macs(self, height: int, width: int) -> int:
         n, c = height * width, self.dim

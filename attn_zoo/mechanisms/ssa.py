@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
+from attn_zoo.layers.attention import DENSE_BACKENDS
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
 
@@ -92,6 +92,11 @@ class ScalableSelfAttention(Mixer):
             self.q = nn.Linear(dim, dim, bias=qkv_bias)
             self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        if r_n > 1 and remainder == "drop":
+            self.ignores = {
+                "positions": "remainder='drop' (official): the rows and columns past the last multiple of r_n "
+                "reach the output only through their queries, so not at all where a single key is left"
+            }
 
     @classmethod
     def validate_knobs(cls, knobs: dict[str, Any]) -> None:
@@ -128,7 +133,7 @@ class ScalableSelfAttention(Mixer):
         else:
             q = self.q(x).reshape(B, N, h, self.head_dim).transpose(1, 2)
             k, v = self.kv(x).reshape(B, N, 2, h, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = dense_attention(q, k, v, scale=self.scale, backend=self.pick_backend(x))  # (B, h, N, C/h)
+        out = self.attend(q, k, v, scale=self.scale)  # (B, h, N, C/h)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
 
     def attention_macs(self, height: int, width: int) -> int:

@@ -10,14 +10,13 @@ official code, which projects the padded tokens too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError
-from attn_zoo.layers.attention import WINDOW_AUTO_ORDER, WINDOW_BACKENDS, dense_attention
+from attn_zoo.layers.attention import WINDOW_BACKENDS
 from attn_zoo.layers.window import (
     RelativePositionBias,
     gather_rows,
@@ -51,7 +50,6 @@ class SwinAttention(Mixer):
     paper = "Swin Transformer (Liu et al., ICCV 2021), microsoft/Swin-Transformer"
     block_pattern = ({"shift": False}, {"shift": True})
     backends = WINDOW_BACKENDS
-    auto_order: ClassVar[Mapping[str, tuple[str, ...]]] = WINDOW_AUTO_ORDER
 
     def __init__(
         self,
@@ -110,7 +108,7 @@ class SwinAttention(Mixer):
         mask = self._mask(H, W, Hp, Wp, x.device)
         if mask is not None:
             bias = bias + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N): one additive term
-        out = dense_attention(*qkv.unbind(0), scale=self.scale, bias=bias, backend=self.pick_backend(x))
+        out = self.attend(*qkv.unbind(0), scale=self.scale, bias=bias)
         if self.shift_size:
             out = gather_rows(out.reshape(B, nW * h * N, d), back, back_inverse).view(B, H, W, C)
         else:

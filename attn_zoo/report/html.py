@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from attn_zoo.report.figures import Figure
-from attn_zoo.report.tables import CELL_COLUMNS, summary_rows
+from attn_zoo.report.tables import CELL_COLUMNS, NOT_CONVERGED, NOT_CONVERGED_NOTE, has_unconverged, summary_rows
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0 auto; max-width: 1100px;
@@ -104,8 +104,17 @@ def render_html(
         first_num = 3 if "variant" in headers else 2
         parts.append(_table(headers, rows, numeric_from=first_num))
         parts.append(
-            '<p class="meta">One row per configuration; several seeds show mean ± 95% confidence interval.</p>'
+            '<p class="meta">One row per configuration; several seeds show mean ± 95% confidence interval. '
+            "Latency and throughput are the median of every timed call of the configuration's seeds (pooled as "
+            "repeated measurements) ± the half-width of that median's 95% interval.</p>"
         )
+        if has_unconverged(rows):
+            parts.append(f'<p class="meta">{_e(NOT_CONVERGED_NOTE)}</p>')
+        if "code" in headers:
+            parts.append(
+                '<p class="meta">This store mixes code versions (column <code>code</code>): rows of different '
+                "code are never aggregated together.</p>"
+            )
     else:
         parts.append("<p>No cell has finished yet.</p>")
     if paired_html:
@@ -133,6 +142,11 @@ def render_html(
     if len(all_cells):
         cols = [c for c in (*CELL_COLUMNS, "cell_wall_s") if c in all_cells]
         rows = [[_fmt(v) for v in row] for row in all_cells[cols].itertuples(index=False)]
+        if "latency_median_ms" in cols and "latency_fwd_converged" in all_cells:  # mark unconverged timings
+            at = cols.index("latency_median_ms")
+            for row, flag in zip(rows, all_cells["latency_fwd_converged"]):
+                if flag == 0:
+                    row[at] += NOT_CONVERGED
         parts.append(
             f"<details><summary>{len(all_cells)} cells, one row per seed</summary>{_table(cols, rows, 4)}</details>"
         )
@@ -180,7 +194,7 @@ def write_html_report(store, out_path: str | Path, figures: Sequence[Figure], ba
         description=_description(last.get("suite_toml") or ""),
         store_path=store.path.name,
         counts=store.counts(),
-        frame=store.frame(),
+        frame=store.frame(samples=True),
         all_cells=store.frame(status=None),
         figures=figures,
         runs=runs,

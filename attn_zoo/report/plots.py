@@ -1,5 +1,6 @@
 """Comparison plots from a store's DataFrame: Pareto fronts, bars with confidence intervals, ablation
-heatmaps. Points are configurations (seeds aggregated: mean, error bars = 95% Student-t CI over seeds).
+heatmaps. Points are configurations (seeds aggregated: mean, error bars = 95% Student-t CI over seeds; latency
+and throughput: the median of the seeds' pooled timed calls with its 95% interval, see report/tables.py).
 Scaling plots are in :mod:`attn_zoo.report.scaling`, receptive-field maps in :mod:`attn_zoo.report.erf`.
 """
 
@@ -16,7 +17,7 @@ from matplotlib.text import Text
 
 from attn_zoo.report.stats import mean_ci
 from attn_zoo.report.style import colors_for, figure, markers_for, metric_axis, metric_title, ordered, save
-from attn_zoo.report.tables import aggregate, display_name
+from attn_zoo.report.tables import NOT_CONVERGED, aggregate, display_name
 
 LOWER_IS_BETTER = ("latency", "macs", "flops", "params", "loss", "mem", "time")
 
@@ -80,6 +81,10 @@ def pareto_plot(frame: pd.DataFrame, x: str, y: str, path: str | Path, title: st
                 zorder=3,
             )
 
+        for axis_metric in (x, y):  # a latency whose timing did not converge is marked at its point
+            flags = agg[f"{axis_metric}_converged"].to_numpy() if f"{axis_metric}_converged" in agg else []
+            for i in np.flatnonzero(np.asarray(flags) == 0):
+                ax.annotate(NOT_CONVERGED, (xs[i], ys[i]), xytext=(-9, 3), textcoords="offset points", fontsize=9)
         if len(xs) and xs.min() > 0 and xs.max() / xs.min() > 20:
             ax.set_xscale("log")
 
@@ -157,10 +162,12 @@ def bar_plot(frame: pd.DataFrame, metric: str, path: str | Path, title: str | No
     means = agg[f"{metric}_mean"].to_numpy() * scale
     cis = agg[f"{metric}_ci95"].fillna(0).to_numpy() * scale
     colors = colors_for(ordered(agg["label"]))
+    # latency: pooled timed calls; a configuration whose timing did not converge is hatched and marked
+    unconverged = (agg[f"{metric}_converged"] == 0).to_numpy() if f"{metric}_converged" in agg else np.zeros(len(agg))
     labels = []
-    for lb, variant, m, c in zip(agg["label"], agg["variant"], means, cis):
+    for lb, variant, m, c, bad in zip(agg["label"], agg["variant"], means, cis, unconverged):
         digits = _digits(m)
-        number = f"{m:,.{digits}f}" + (f" ± {c:,.{digits}f}" if c > 0 else "")
+        number = f"{m:,.{digits}f}" + (f" ± {c:,.{digits}f}" if c > 0 else "") + (NOT_CONVERGED if bad else "")
         labels.append(f"{display_name(lb, variant)}   {number}")
     with figure(6.4, 0.32 * len(agg) + 1.3) as (fig, ax):
         pos = np.arange(len(agg))[::-1]  # first configuration on top
@@ -172,6 +179,7 @@ def bar_plot(frame: pd.DataFrame, metric: str, path: str | Path, title: str | No
             edgecolor="white",
             height=0.72,
             error_kw={"elinewidth": 1.0, "capsize": 2.5, "ecolor": "0.2"},
+            hatch=["////" if bad else None for bad in unconverged],
             zorder=2,
         )
         ax.set_yticks(pos, labels, fontsize=7.5)
@@ -187,7 +195,12 @@ def bar_plot(frame: pd.DataFrame, metric: str, path: str | Path, title: str | No
         ax.set_xlabel(label_text)
         ax.grid(axis="y", visible=False)
         ax.spines["left"].set_visible(False)
-        _title(ax, title or _cap(metric_title(metric)), _seeds_note(agg))
+        note = _seeds_note(agg)
+        if f"{metric}_converged" in agg:
+            note = "median of all timed calls, pooled over seeds; error bars: 95% CI of the median"
+            if unconverged.any():
+                note += f"; {NOT_CONVERGED} hatched: timing did not converge"
+        _title(ax, title or _cap(metric_title(metric)), note)
         save(fig, path)
     return path
 

@@ -4,6 +4,7 @@ units, and the numbers scaled to readable units (M, G) from the data."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -16,8 +17,12 @@ import numpy as np
 # Okabe & Ito (2008): distinguishable with every common colour-vision deficiency, and in greyscale by marker
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-# the zoo's mechanisms keep their colour in every figure, whatever else a suite contains
+# the zoo's mechanisms keep their colour and marker in every figure, whatever else a suite contains
 KNOWN = ("global", "swin", "ssa", "iwsa", "msda", "gcvit", "msa_conv")
+# anything else (plugins) by a hash of its name: the same in every figure and report, whatever else is shown;
+# Paul Tol's "muted" scheme (colour-blind safe) and markers no built-in uses
+PLUGIN_PALETTE = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499")
+PLUGIN_MARKERS = ("*", "h", "p", "<", ">", "d", "H", "8")
 
 RC = {
     "figure.dpi": 100,
@@ -105,20 +110,28 @@ def metric_title(name: str) -> str:
     return re.sub(r" \(.*\)$", "", label)
 
 
+def _digest(label: str) -> int:
+    # hashlib, not hash(): Python salts str hashes per process
+    return int.from_bytes(hashlib.sha256(label.encode()).digest()[:8], "big")
+
+
+def style_of(label: str) -> tuple[str, str]:
+    """``(colour, marker)`` of a mechanism: fixed for the zoo's own, from a hash of the name for any other."""
+    if label in KNOWN:
+        i = KNOWN.index(label)
+        return PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]
+    h = _digest(label)
+    return PLUGIN_PALETTE[h % len(PLUGIN_PALETTE)], PLUGIN_MARKERS[(h // len(PLUGIN_PALETTE)) % len(PLUGIN_MARKERS)]
+
+
 def colors_for(labels: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per zoo mechanism, the remaining colours in order for anything else."""
-    out: dict[str, str] = {}
-    spare = [c for i, c in enumerate(PALETTE) if i >= len(KNOWN) or KNOWN[i] not in labels]
-    for label in labels:
-        if label in KNOWN:
-            out[label] = PALETTE[KNOWN.index(label) % len(PALETTE)]
-    for i, label in enumerate(sorted(set(labels) - set(out))):
-        out[label] = spare[i % len(spare)] if spare else PALETTE[i % len(PALETTE)]
-    return out
+    """Each label's colour (:func:`style_of`): it does not depend on what else is in the figure."""
+    return {label: style_of(label)[0] for label in labels}
 
 
 def markers_for(labels: Sequence[str]) -> dict[str, str]:
-    return {label: MARKERS[i % len(MARKERS)] for i, label in enumerate(sorted(set(labels), key=_order))}
+    """Each label's marker (:func:`style_of`): it does not depend on what else is in the figure."""
+    return {label: style_of(label)[1] for label in labels}
 
 
 def _order(label: str) -> tuple[int, str]:

@@ -22,8 +22,14 @@ The checks (:data:`CHECKS`):
 - ``batch``: a batch of 3 equals its images one at a time.
 - ``gradients``: at a 16x16 map, every parameter (and the per-stage context's) and the input get finite, nonzero
   gradients.
+- ``dependence``: at 8x8, 7x9, 13x11 and 16x16 maps, every input position, every input channel and (where the
+  block reads one) the stage context affect the output, and every output position and channel changes with the
+  input (probed by per-position / per-channel gradients of a random output projection); what the mechanism
+  declares in ``ignores`` is exempted and named.
 - ``determinism``: the same seed builds the same parameters; the same input twice gives bitwise the same output.
-- ``macs``: the declared ``attention_macs(H, W)`` is within 1% of ``FlopCounterMode``, alone and in a harness.
+- ``macs``: the declared ``attention_macs(H, W)`` is within 1% of ``FlopCounterMode`` at two widths and head
+  counts (the ``dim``/``num_heads`` asked for, and dim 8 with 2 heads or the next that builds), alone and in a
+  harness.
 - ``dtypes``: float32 and bfloat16 run, stay finite, keep the input's dtype; bfloat16 within 5% of float32.
 - ``state_dict``: save and load into a fresh instance built with another seed gives bitwise the same outputs.
 - ``harness``: forward (train, eval) and backward through a tiny 4-stage ``zoo_s32`` (maps 16, 8, 4, 2); no
@@ -36,6 +42,7 @@ from typing import Any
 
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import isolated_registry
+from attn_zoo.testing import checks as checks  # the built-in checks, registered on the kit (the framework)
 from attn_zoo.testing.kit import CheckResult, Report, check_mechanism, check_names
 
 CHECKS: tuple[str, ...] = check_names()

@@ -8,6 +8,7 @@ the per-stage context where the mechanism has one, and works on CPU in float32 u
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 
 import torch
@@ -20,7 +21,17 @@ from attn_zoo.backbone.harness import Backbone
 from attn_zoo.backbone.presets import get_preset
 from attn_zoo.errors import AttnZooError
 from attn_zoo.measure.counting import count_model
-from attn_zoo.testing.kit import BASE_SIZE, Failure, Subject, check, describe, run
+from attn_zoo.testing.dependence import check_dependence
+from attn_zoo.testing.kit import (
+    BASE_SIZE,
+    Failure,
+    Subject,
+    _eval,
+    _jitter,
+    check,
+    describe,
+    run,
+)
 
 SHAPE_SIZES = (BASE_SIZE, (8, 12))  # a non-square map catches swapped H and W
 ODD_SIZES = ((1, 1), (2, 2), (3, 5), (7, 7), (13, 11), (6, 17))  # tiny, odd, no multiple of common windows
@@ -28,6 +39,7 @@ MACS_SIZES = (BASE_SIZE, (7, 9))
 # the zoo_s32 stage-0 map: mechanisms that pool keys (SSA's r_n = 8) keep more than one key, so q and k matter
 GRAD_SIZE = (16, 16)
 MACS_TOLERANCE = 0.01
+MACS_WIDTHS = ((8, 2), (16, 4), (12, 6), (32, 8))  # the second width of the macs check: the first that fits
 BF16_TOLERANCE = 0.05  # relative L2 distance of the bfloat16 output from float32 (8-bit mantissa: ~0.4% per op)
 HARNESS = {"dims": (24, 48, 96, 192), "heads": (3, 6, 12, 24), "img_size": 32}
 
@@ -78,23 +90,8 @@ def _expect_tokens(out: object, x: torch.Tensor, what: str) -> torch.Tensor:
     return out
 
 
-def _jitter(*modules: nn.Module | None, scale: float = 0.05) -> None:
-    """Move every parameter off its initial value (zero-initialised ones too), so checks see real values."""
-    with torch.no_grad():
-        for module in modules:
-            for p in module.parameters() if module is not None else ():
-                if p.is_floating_point():
-                    p.add_(scale * torch.randn_like(p))
-
-
 def _modules(mixer: nn.Module, context: nn.Module | None) -> nn.Module:
     return nn.ModuleDict({"mixer": mixer, "context": context}) if context is not None else mixer
-
-
-def _eval(*modules: nn.Module | None) -> None:
-    for module in modules:
-        if module is not None:
-            module.eval()
 
 
 def tiny_harness(subject: Subject) -> ModelConfig:
@@ -261,6 +258,11 @@ def check_gradients(s: Subject) -> str:
     return f"all {count} parameters and the input get finite, nonzero gradients at {_size(GRAD_SIZE)}"
 
 
+check("dependence", "every input position and channel (and the context, where read) must reach the output")(
+    check_dependence
+)
+
+
 @check("determinism", "forward must be a pure function of the input, the parameters and the buffers")
 def check_determinism(s: Subject) -> str:
     """Same seed -> same parameters; the same input twice -> bitwise the same output (eval, CPU)."""
@@ -310,7 +312,39 @@ def _compare_macs(declared: object, counted: int, what: str, label: str) -> None
 
 @check("macs", "declare attention_macs(self, height, width) -> int")
 def check_macs(s: Subject) -> str:
-    """The declared ``attention_macs(H, W)`` matches FlopCounterMode within 1%, alone and in the harness."""
+    """The declared ``attention_macs(H, W)`` matches FlopCounterMode within 1% at two widths and head counts
+    (a term that scales differently, e.g. a normaliser of n*C MACs, cannot hide under the tolerance at both),
+    alone and in the harness."""
+    checked = _macs_at(s, "")
+    widths = [f"dim {s.dim}/{s.num_heads} heads"]
+    other = _other_width(s)
+    if other is not None:
+        label = f" (dim {other.dim}, {other.num_heads} heads)"
+        checked += _macs_at(other, label)
+        widths.append(f"dim {other.dim}/{other.num_heads} heads")
+    _harness_macs(s)
+    where = ", ".join(sorted(set(checked)))
+    return (
+        f"formula within {MACS_TOLERANCE:.0%} of FlopCounterMode at {where} with {' and '.join(widths)}, "
+        "and summed in the harness"
+    )
+
+
+def _other_width(s: Subject) -> Subject | None:
+    """The first of :data:`MACS_WIDTHS` that differs from the subject in both width and heads and builds."""
+    for dim, heads in MACS_WIDTHS:
+        if dim == s.dim or heads == s.num_heads:
+            continue
+        other = dataclasses.replace(s, dim=dim, num_heads=heads)
+        try:
+            other.build(BASE_SIZE)
+        except AttnZooError:
+            continue  # the mechanism's knobs constrain the heads (MSDA: a multiple of the dilations)
+        return other
+    return None
+
+
+def _macs_at(s: Subject, width: str) -> list[str]:
     checked = []
     for occ in s.occurrences:
         for size in MACS_SIZES:
@@ -334,16 +368,14 @@ def check_macs(s: Subject) -> str:
                     "implement attention_macs(self, height, width) -> int: the multiply-accumulates of forward for "
                     "one image at a height x width map, projections included (budgets and tables use it)",
                 ) from None
-            _compare_macs(declared, counter.get_total_flops() // 2, f"attention_macs{size}", s.label(occ))
+            _compare_macs(declared, counter.get_total_flops() // 2, f"attention_macs{size}", s.label(occ) + width)
             if ctx is not None and hasattr(ctx, "attention_macs"):
                 with torch.no_grad(), FlopCounterMode(display=False) as counter:
                     ctx(x)
                 name = f"the context's attention_macs{size}"
-                _compare_macs(ctx.attention_macs(*size), counter.get_total_flops() // 2, name, "")
+                _compare_macs(ctx.attention_macs(*size), counter.get_total_flops() // 2, name, width)
             checked.append(_size(size))
-    _harness_macs(s)
-    where = ", ".join(sorted(set(checked)))
-    return f"formula within {MACS_TOLERANCE:.0%} of FlopCounterMode at {where} and summed in the harness"
+    return checked
 
 
 def _harness_macs(s: Subject) -> None:

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from attn_zoo.errors import ConfigError, UnknownNameError
+from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
 from attn_zoo.mechanisms.base import Mixer
+from attn_zoo.names import Registry
 from attn_zoo.registry import create_mechanism, get_mechanism, isolated_registry, list_mechanisms, register_mechanism
 
 BASE_SIZE = (8, 8)  # the stage map of the plain checks: small, and no multiple of Swin's default window 7
@@ -169,9 +170,25 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}{where(exc)}"
 
 
+# -- helpers the checks share (checks.py, dependence.py) ----------------------------------------------
+def _jitter(*modules: nn.Module | None, scale: float = 0.05) -> None:
+    """Move every parameter off its initial value (zero-initialised ones too), so checks see real values."""
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters() if module is not None else ():
+                if p.is_floating_point():
+                    p.add_(scale * torch.randn_like(p))
+
+
+def _eval(*modules: nn.Module | None) -> None:
+    for module in modules:
+        if module is not None:
+            module.eval()
+
+
 # -- running --------------------------------------------------------------------------------------------
 CheckFn = Callable[[Subject], str]
-_CHECKS: dict[str, tuple[CheckFn, str]] = {}
+_CHECKS: Registry[tuple[CheckFn, str]] = Registry("conformance check")  # in the order the checks run
 
 
 def check(name: str, fix: str) -> Callable[[CheckFn], CheckFn]:
@@ -238,8 +255,6 @@ def check_mechanism(
     checks (the harness check uses a tiny ``zoo_s32``: dims 24-48-96-192, heads 3-6-12-24, 32x32 input).
     ``checks`` picks a subset of :data:`CHECKS`. Never raises for what the mechanism does; see the report.
     """
-    from attn_zoo.testing import checks as _  # noqa: F401 - registers the checks
-
     if dim < 1 or num_heads < 1 or dim % num_heads:
         raise ConfigError(f"attn_zoo.testing: channels ({dim}) must be divisible by num_heads ({num_heads}), both > 0")
     selected = list(checks) if checks is not None else list(_CHECKS)
@@ -253,6 +268,10 @@ def check_mechanism(
         with subject_for(target) as name:
             subject = Subject(name, dict(knobs), dim, num_heads)
             get_mechanism(name).validate(knobs)  # a bad knob is the caller's error, raised before any check
+            try:  # so is a width or head count the mechanism refuses (MSDA: heads a multiple of the dilations)
+                subject.build()
+            except KnobError as exc:
+                raise KnobError(f"attn_zoo.testing: dim {dim} with {num_heads} heads: {exc}") from None
             results = tuple(run_check(subject, c) for c in selected)
     finally:
         torch.set_num_threads(threads)
@@ -261,6 +280,4 @@ def check_mechanism(
 
 
 def check_names() -> tuple[str, ...]:
-    from attn_zoo.testing import checks as _  # noqa: F401
-
     return tuple(_CHECKS)

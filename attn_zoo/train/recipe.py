@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attn_zoo.errors import ConfigError
+from attn_zoo.measure.machine import yield_to_measurement
 from attn_zoo.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attn_zoo.train.pairing import seeded_rng, stream_seed
 
@@ -380,6 +381,7 @@ def fit(
             losses.append(value)
             if on_step is not None:
                 on_step(step, total, value)
+            start += yield_to_measurement()  # another cell's timing has the machine: a pause, not training time
             if (
                 main_rank
                 and checkpoint_path is not None

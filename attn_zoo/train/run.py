@@ -77,6 +77,7 @@ def checkpoint_path_for(spec: Mapping[str, Any], directory: str | Path) -> Path:
 
 
 ESTIMATE_AFTER_STEPS = 5  # steps timed (after the first, which warms up) before the duration is estimated
+YEAR_S = 365 * 24 * 3600  # the longest a training may take (grid.checks refuses longer ones before they start)
 ALLOW_LONG_ENV = "ATTN_ZOO_ALLOW_LONG"  # set by `attn-zoo run --allow-long`
 
 
@@ -88,7 +89,6 @@ def progress_reporter(after: int = ESTIMATE_AFTER_STEPS):
     import time
 
     from attn_zoo.errors import ConfigError
-    from attn_zoo.grid.checks import YEAR_S
 
     state: dict[str, float] = {}
 
@@ -137,7 +137,7 @@ def run_training(
     a DDP job (:mod:`attn_zoo.train.distributed`); the data are sharded, metrics reduced over the ranks.
     """
     from attn_zoo.backbone.harness import Backbone
-    from attn_zoo.train.budget import budget_metric
+    from attn_zoo.budget import budget_metric
 
     device = torch.device(device)
     train_cfg = TrainConfig.from_dict(spec["train"])

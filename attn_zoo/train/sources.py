@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
 from attn_zoo.errors import AttnZooError, ConfigError
+from attn_zoo.names import Registry
 
 if TYPE_CHECKING:
     from attn_zoo.train.data import DataConfig
@@ -52,7 +54,7 @@ FASHION_MNIST_CLASSES = (
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm has no CIFAR or Fashion-MNIST ones
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
@@ -87,7 +89,7 @@ class Source:
         return config.options.get(key, self.options[key])
 
 
-SOURCES: dict[str, Source] = {}
+SOURCES: Registry[Source] = Registry("data source")
 
 
 def register_source(
@@ -101,7 +103,7 @@ def register_source(
     """Register ``build(config, split) -> (dataset, info)`` under ``name``."""
 
     def wrap(build):
-        SOURCES[name] = Source(name, build, doc, splits, dict(options or {}), check)
+        SOURCES.add(name, Source(name, build, doc, splits, dict(options or {}), check))
         return build
 
     return wrap
@@ -332,6 +334,8 @@ def _cifar10_jpeg(config: DataConfig, split: str) -> tuple[Dataset, dict[str, An
 
 # -- Fashion-MNIST (idx files) ----------------------------------------------------------------------------
 
+# Not torchvision's read_sn3_pascalvincent_tensor (0.29): it opens plain files only (a .gz one, as a download
+# keeps them, fails), and checks header and size with bare asserts (no message; none at all under -O).
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 

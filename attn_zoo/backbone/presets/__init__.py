@@ -9,46 +9,36 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from attn_zoo.backbone.config import ModelConfig
-from attn_zoo.errors import UnknownNameError
+from attn_zoo.names import Registry
 
-_PRESETS: dict[str, Callable[[], ModelConfig]] = {}
-_DOCS: dict[str, str] = {}
-_loaded = False
+
+def _load_builtins() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_PRESETS: Registry[Callable[[], ModelConfig]] = Registry("preset", unique=True, load=_load_builtins)
+_DOCS: dict[str, str] = {}  # name -> one-line description
 
 
 def register_preset(name: str, doc: str = "") -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
     """Decorator for a zero-argument function returning the preset's :class:`ModelConfig`."""
 
     def wrap(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
-        if name in _PRESETS and _PRESETS[name] is not fn:
-            raise ValueError(f"preset {name!r} is already registered")
-        _PRESETS[name] = fn
+        _PRESETS.add(name, fn)
         _DOCS[name] = doc or (fn.__doc__ or "").strip().split("\n")[0]
         return fn
 
     return wrap
 
 
-def _ensure_loaded() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for info in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
 def list_presets() -> dict[str, str]:
     """``{name: one-line description}``."""
-    _ensure_loaded()
-    return dict(sorted(_DOCS.items()))
+    return {name: _DOCS[name] for name in sorted(_PRESETS)}
 
 
 def get_preset(name: str) -> ModelConfig:
-    _ensure_loaded()
-    try:
-        return _PRESETS[name]()
-    except KeyError:
-        raise UnknownNameError("preset", name, _PRESETS) from None
+    return _PRESETS[name]()
 
 
 def resolve_config(preset_or_config: str | ModelConfig | Mapping[str, Any], **overrides: Any) -> ModelConfig:

@@ -4,7 +4,7 @@ Shared choices (fixed for all mechanisms): overlapping conv stem, conv downsampl
 (``x + DWConv3x3(x)`` after the first block of each stage, as CPVT recommends) as the only position
 encoding the harness adds, pre-norm blocks, even depths so alternating mechanisms (Swin's W/SW-MSA,
 GC-ViT's local/global) get both block kinds in every stage, heads divisible by 3 so MSDA's three dilation
-groups fit. Budgets are matched by scaling the width (``attn_zoo.train.budget``).
+groups fit. Budgets are matched by scaling the width (``attn_zoo.budget``).
 """
 
 from attn_zoo.backbone.config import ModelConfig

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from attn_zoo import register_mechanism
-from attn_zoo.layers.attention import DENSE_BACKENDS, dense_attention
+from attn_zoo.layers.attention import DENSE_BACKENDS
 from attn_zoo.mechanisms.base import Mixer
 
 Axis = Literal["row", "column"]
@@ -69,7 +69,7 @@ class AxialAttention(Mixer):
             x = x.transpose(1, 2)  # columns become rows: (B, W, H, C)
         R, L = x.shape[1:3]  # R sequences of L tokens each
         qkv = self.qkv(x).reshape(B, R, L, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        out = dense_attention(*qkv.unbind(0), scale=self.scale, backend=self.pick_backend(x))  # (B, R, h, L, d)
+        out = self.attend(*qkv.unbind(0), scale=self.scale)  # (B, R, h, L, d)
         out = self.proj(out.transpose(2, 3).reshape(B, R, L, C))
         return out.transpose(1, 2) if self.axis == "column" else out
 
