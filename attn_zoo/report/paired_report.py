@@ -13,6 +13,7 @@ import pandas as pd
 
 from attn_zoo.errors import ConfigError
 from attn_zoo.report.paired import PairedTable, paired_tables, summary_text, table_rows
+from attn_zoo.report.text import table as render
 
 NOTE = (
     "Rows ranked by mean accuracy; group: mechanisms sharing a letter cannot be told apart (Holm-corrected "
@@ -62,8 +63,6 @@ class PairedSection:
         )
 
     def text(self, markdown: bool = False) -> str:
-        from attn_zoo.cli._format import table as render
-
         parts = []
         for t in self.tables:
             title = f"Paired differences in {t.metric}" + (f" ({t.variant})" if t.variant else "") + ":"
