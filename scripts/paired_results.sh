@@ -11,7 +11,7 @@
 # count of finished cells; text outside the markers is left alone. Nothing is committed if nothing changed.
 set -euo pipefail
 src=$(realpath "$1"); dst=$(realpath "$2"); shift 2
-py=${PYTHON:-/work/main/.venv/bin/python}
+py=${PYTHON:-$(realpath "${ATTN_ZOO_VENV:-.venv}")/bin/python}
 cd "$dst"
 for suite in "$@"; do
   store="results/reference/$suite.sqlite"
