@@ -41,21 +41,13 @@ if str(ROOT) not in sys.path:
 
 from attn_zoo.backbone.config import MixerSpec  # noqa: E402
 from attn_zoo.backbone.presets import create_model  # noqa: E402
+from attn_zoo.backbone.presets.zoo import ZOO_S32_KNOBS  # noqa: E402
 from attn_zoo.layers import backends  # noqa: E402
 from attn_zoo.layers import neighborhood as nb  # noqa: E402
 from attn_zoo.layers.attention import dense_call  # noqa: E402
-from attn_zoo.registry import PerStage  # noqa: E402
 
 PAPER_PRESETS = ("swin_t", "scalablevit_s", "gcvit_xxt", "dilateformer_t", "tic")
-ZOO_KNOBS = {
-    "global": {},
-    "swin": {"window": 4},
-    "ssa": {"r_n": PerStage((4, 2, 1, 1))},
-    "iwsa": {"window": 4},
-    "msda": {},
-    "gcvit": {"window": 4},
-    "msa_conv": {},
-}
+ZOO_KNOBS = ZOO_S32_KNOBS
 TRAIN_BATCH = 64
 
 

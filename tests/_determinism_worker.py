@@ -16,18 +16,10 @@ torch.set_num_threads(THREADS)
 
 from attn_zoo.backbone.config import MixerSpec  # noqa: E402
 from attn_zoo.backbone.presets import create_model  # noqa: E402
-from attn_zoo.registry import PerStage  # noqa: E402
+from attn_zoo.backbone.presets.zoo import ZOO_S32_KNOBS  # noqa: E402
 from attn_zoo.train.recipe import seed_everything  # noqa: E402
 
-KNOBS = {
-    "global": {},
-    "swin": {"window": 4},
-    "ssa": {"r_n": PerStage((4, 2, 1, 1))},
-    "iwsa": {"window": 4},
-    "msda": {},
-    "gcvit": {"window": 4},
-    "msa_conv": {},
-}
+KNOBS = ZOO_S32_KNOBS
 STEPS, BATCH = 3, 16
 
 

@@ -9,6 +9,19 @@ groups fit. Budgets are matched by scaling the width (``attn_zoo.budget``).
 
 from attn_zoo.backbone.config import ModelConfig
 from attn_zoo.backbone.presets import register_preset
+from attn_zoo.registry import PerStage
+
+# the knobs zoo_s32's stage maps (16, 8, 4, 2) need: windows and reductions sized to them (as in
+# suites/quick.toml and the equal-budget suites' [mechanisms.*] sections)
+ZOO_S32_KNOBS = {
+    "global": {},
+    "swin": {"window": 4},
+    "ssa": {"r_n": PerStage((4, 2, 1, 1))},
+    "iwsa": {"window": 4},
+    "msda": {},
+    "gcvit": {"window": 4},
+    "msa_conv": {},
+}
 
 
 @register_preset("zoo_s32", "Harness family for 32x32 inputs (CIFAR, Pathfinder): patch 2, C=36, 2-2-2-2")
