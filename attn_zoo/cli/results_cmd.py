@@ -6,15 +6,14 @@ import argparse
 import operator
 import re
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from attn_zoo.cli._format import note_code_versions, note_problems, print_json, table
 from attn_zoo.errors import ConfigError
 from attn_zoo.grid.store import STATUSES, Store, export_frame
-from attn_zoo.report.tables import CELL_COLUMNS, aggregate
 
-DEFAULT_COLUMNS = (*CELL_COLUMNS, "reason")
+if TYPE_CHECKING:  # pandas and the report tables load inside the commands, so that --help answers at once
+    import pandas as pd
 _OPS = {
     "==": operator.eq,
     "=": operator.eq,
@@ -65,6 +64,8 @@ def open_store(path: str, readonly: bool = True) -> Store:
 
 def apply_where(frame: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
     """Filter ``frame`` by ``COLUMN<op>VALUE`` clauses (numbers compare as numbers)."""
+    import pandas as pd
+
     for clause in clauses:
         match = re.fullmatch(r"\s*([^=!<>\s]+)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*", clause)
         if not match:
@@ -89,6 +90,8 @@ def apply_where(frame: pd.DataFrame, clauses: list[str]) -> pd.DataFrame:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attn_zoo.report.tables import CELL_COLUMNS, aggregate
+
     store = open_store(args.store)
     frame = store.frame(status=None if args.status == "all" else args.status)
     note_problems(store)
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.aggregates and not args.columns:
         cols = [c for c in frame.columns if c in ("label", "variant", "n") or c.endswith(("_mean", "_ci95"))][:12]
     else:
-        cols = list(frame.columns) if args.columns else [c for c in DEFAULT_COLUMNS if c in frame]
+        cols = list(frame.columns) if args.columns else [c for c in (*CELL_COLUMNS, "reason") if c in frame]
     shown = frame[cols].copy() if len(frame) else frame
     if len(shown) and "reason" in shown:
         shown["reason"] = shown["reason"].map(lambda r: r if not isinstance(r, str) or len(r) < 60 else r[:57] + "...")

@@ -15,8 +15,6 @@ from attn_zoo.registry import load_plugin_file
 
 
 def add_parser(sub) -> None:
-    from attn_zoo.grid.executors import executor_names
-
     p = sub.add_parser("run", help="run a suite file (resumes where a previous run stopped)")
     p.add_argument("suite", help="suite file (TOML), e.g. suites/quick.toml")
     p.add_argument(
@@ -34,7 +32,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--fresh", action="store_true", help="start a new store (the old one is kept as .<time>.bak)")
     p.add_argument(
-        "--executor", default="local", help=f"where cells run: {', '.join(executor_names())} (default local)"
+        "--executor",
+        default="local",
+        help="where cells run: local, inline, ray, or one a plugin registers (default local; an unknown name is "
+        "refused with the list)",
     )
     p.add_argument(
         "--jobs", type=number(1, 1024, integer=True), default=None, help="cells at once (local executor; default 1)"

@@ -1,24 +1,41 @@
-"""Suite files -> cells, the executors that run them (local processes, Ray), the runner, and the results store."""
+"""Suite files -> cells, the executors that run them (local processes, Ray), the runner, and the results store.
 
-from attn_zoo.grid.executors import InlineExecutor, LocalExecutor, create_executor, register_executor
-from attn_zoo.grid.ray_executor import RayExecutor  # registers "ray"; Ray itself is imported only when used
-from attn_zoo.grid.runner import RunSummary, default_store_path, run_suite
-from attn_zoo.grid.store import Store, StoreError
-from attn_zoo.grid.suite import Cell, Suite, SuiteError, load_suite
+The names below are imported on first use (module ``__getattr__``): ``attn_zoo.grid.store`` alone, which the
+read-only commands need, loads no torch."""
 
-__all__ = [
-    "Cell",
-    "InlineExecutor",
-    "LocalExecutor",
-    "RayExecutor",
-    "RunSummary",
-    "Store",
-    "StoreError",
-    "Suite",
-    "SuiteError",
-    "create_executor",
-    "default_store_path",
-    "load_suite",
-    "register_executor",
-    "run_suite",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_API = {
+    "InlineExecutor": "attn_zoo.grid.executors",
+    "LocalExecutor": "attn_zoo.grid.executors",
+    "create_executor": "attn_zoo.grid.executors",
+    "register_executor": "attn_zoo.grid.executors",
+    "RayExecutor": "attn_zoo.grid.ray_executor",
+    "RunSummary": "attn_zoo.grid.runner",
+    "default_store_path": "attn_zoo.grid.runner",
+    "run_suite": "attn_zoo.grid.runner",
+    "Store": "attn_zoo.grid.store",
+    "StoreError": "attn_zoo.grid.store",
+    "Cell": "attn_zoo.grid.suite",
+    "Suite": "attn_zoo.grid.suite",
+    "SuiteError": "attn_zoo.grid.suite",
+    "load_suite": "attn_zoo.grid.suite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'attn_zoo.grid' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+
+
+__all__ = sorted(_API)

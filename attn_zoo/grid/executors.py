@@ -49,8 +49,14 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
+def _load_builtin_executors() -> None:
+    import attn_zoo.grid.ray_executor  # noqa: F401  registers "ray" (Ray itself is imported only when used)
+
+
 _EXECUTORS: Registry[Callable[..., Executor]] = Registry(
-    "executor", missing=lambda name, allowed: ConfigError(f"executor {name!r} unknown; allowed: {', '.join(allowed)}")
+    "executor",
+    missing=lambda name, allowed: ConfigError(f"executor {name!r} unknown; allowed: {', '.join(allowed)}"),
+    load=_load_builtin_executors,
 )
 
 
