@@ -218,3 +218,12 @@ def test_only_seeds_every_mechanism_finished_count(store_path):
     rows = {r.label: r for r in table.rows}
     assert table.seeds == 4 and all(r.n == 4 for r in table.rows)
     assert rows["swin"].mean == pytest.approx(np.mean(ACC["swin"][:4]))
+
+
+def test_a_suite_without_a_budget_states_none():
+    import pandas as pd
+
+    from attn_zoo.report.paired import budget_statement
+
+    group = pd.DataFrame({"budget_target": [0.0, 0.0], "budget_achieved": [0.0, 0.0], "budget_tolerance": [0.0, 0.0]})
+    assert budget_statement(group) == ("no budget matching", False)

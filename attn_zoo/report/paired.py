@@ -265,9 +265,9 @@ def _diffs(values: Mapping[str, pd.Series], a: str, b: str) -> np.ndarray:
 def budget_statement(group: pd.DataFrame) -> tuple[str, bool]:
     """How close the configurations' budgets are: ``(sentence, equal)``. Equal: one target, and the achieved
     values spread no wider than the tolerance (so differences in cost between the rows are noise)."""
-    if "budget_target" not in group or group["budget_target"].isna().all():
+    if "budget_target" not in group or not (group["budget_target"].fillna(0) > 0).any():  # 0: a suite without a budget
         return "no budget matching", False
-    targets = sorted(group["budget_target"].dropna().unique())
+    targets = sorted(t for t in group["budget_target"].dropna().unique() if t > 0)
     achieved = group["budget_achieved"].dropna() if "budget_achieved" in group else pd.Series(dtype=float)
     tol = float(group["budget_tolerance"].dropna().max()) if "budget_tolerance" in group else 0.0
     name = next(
