@@ -18,10 +18,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from attn_zoo.backbone.config import MixerSpec, parse_knob_value
+from attn_zoo.backbone.config import MixerSpec
 from attn_zoo.backbone.presets import get_preset, list_presets
 from attn_zoo.cli._args import number
-from attn_zoo.cli._format import print_json, table
+from attn_zoo.cli._format import parse_knobs, print_json, table
 from attn_zoo.errors import AttnZooError, ConfigError, UnknownNameError
 from attn_zoo.measure.environment import environment
 from attn_zoo.measure.memory import METHODS
@@ -94,21 +94,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _knobs(items: list[str]) -> dict[str, Any]:
-    import tomllib
-
-    knobs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--knob {item!r}: expected KEY=VALUE, e.g. window=7")
-        try:
-            knobs[key] = parse_knob_value(tomllib.loads(f"v = {value}")["v"])
-        except tomllib.TOMLDecodeError:
-            knobs[key] = value
-    return knobs
-
-
 def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Resolve every (target, img_size, batch) into a cell spec, checking everything before any compute."""
     mechanisms, presets = list_mechanisms(), list_presets()
@@ -124,7 +109,7 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {args.device}: torch sees no CUDA device here; allowed: cpu")
-    knobs = _knobs(args.knob)
+    knobs = parse_knobs(args.knob)
     if knobs and not any(t in mechanisms for t in args.targets):
         raise ConfigError("--knob applies to mechanism targets; none given")
     run_id = uuid.uuid4().hex[:12]
