@@ -36,8 +36,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from attn_zoo.data.augment import SplitTransform
+from attn_zoo.data.cache import Decoded, NotCacheable, decode_split
 from attn_zoo.data.config import AUGMENTATIONS, TIMM_AUG_KEYS, DataConfig
 from attn_zoo.data.seeds import seeded_rng, stream_seed
 from attn_zoo.data.sources import SOURCES, ArrayDataset, Source, register_source, targets_of
@@ -45,6 +48,7 @@ from attn_zoo.errors import ConfigError
 
 __all__ = [
     "AUGMENTATIONS",
+    "CACHED_AUGMENTATIONS",
     "SOURCES",
     "ArrayDataset",
     "Data",
@@ -59,6 +63,9 @@ __all__ = [
 ]
 
 TEST_SUBSET_SEED = 0
+# the training augmentations whose runs use decoded-once images by default (cells call create_data with
+# cached=None): every one, since tests/test_data_cache.py finds the cached batches bit-identical for each
+CACHED_AUGMENTATIONS = frozenset(AUGMENTATIONS)
 
 
 def balanced_subset(targets: Sequence[int], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,7 +101,12 @@ class TransformSubset(Dataset):
 
     ``draw_seed`` (training views): each item's transform runs under its own seeded generators, keyed by
     ``(draw_seed, epoch, base index)`` (:mod:`attn_zoo.data.seeds`), so the augmentation of an image
-    depends only on the run seed and the epoch (:meth:`set_epoch`), not on what else drew random numbers."""
+    depends only on the run seed and the epoch (:meth:`set_epoch`), not on what else drew random numbers.
+
+    :meth:`cached` decodes the view's images once (:mod:`attn_zoo.data.cache`); then items are served from
+    the decoded arrays, a batch at a time by :meth:`__getitems__` (the DataLoader's batched fetch), with the
+    transform's random part done on the whole batch where :mod:`attn_zoo.data.augment` reproduces it, else per
+    image as before. Either way the tensors are bit-identical to the uncached path's."""
 
     def __init__(
         self,
@@ -108,19 +120,66 @@ class TransformSubset(Dataset):
         self.base_targets = targets
         self.targets = [int(targets[i]) for i in self.indices]
         self.draw_seed, self.epoch = draw_seed, 0
+        self.identity: Mapping[str, Any] | None = None  # set by cached(): what the base is, for the cache key
+        self.decoded: Decoded | None = None
+        self.split: SplitTransform | None = None
         if hasattr(base, "transform"):
             base.transform = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def cached(self, identity: Mapping[str, Any]) -> TransformSubset:
+        """This view, its images decoded once (unchanged when they cannot be one uint8 array: mixed sizes or
+        modes). ``identity``: the source, root, options and split of the base (part of the cache key)."""
+        self.identity = dict(identity)
+        if self.transform is None:
+            return self
+        split = SplitTransform(self.transform)
+        try:
+            self.decoded = decode_split(self.base, self.indices, split.head, self.identity)
+        except NotCacheable:
+            return self
+        self.split = split
+        return self
+
     def with_transform(self, transform: Callable | None) -> TransformSubset:
-        return TransformSubset(self.base, self.indices, transform, self.base_targets)
+        view = TransformSubset(self.base, self.indices, transform, self.base_targets)
+        return view.cached(self.identity) if self.identity is not None else view
+
+    def subset(self, keep: Sequence[int] | np.ndarray) -> TransformSubset:
+        """The items ``keep`` (positions in this view) with the same transform and decoded images."""
+        view = TransformSubset(self.base, self.indices[np.asarray(keep)], self.transform, self.base_targets)
+        view.identity, view.decoded, view.split = self.identity, self.decoded, self.split
+        return view
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
+        if self.decoded is None or self.split is None:
+            return [self[i] for i in indices]
+        items = self.indices[np.asarray(indices, dtype=np.int64)]
+        images = self.decoded.images[self.decoded.rows(items)]
+        labels = [int(self.base_targets[i]) for i in items]
+        batch = self.split.batch
+        if batch is not None and (not batch.random or self.draw_seed is not None):
+            seeds = self.split.seeds(self.draw_seed, self.epoch, items) if batch.random else None
+            return list(zip(batch(images, seeds).unbind(0), labels, strict=True))
+        out = []
+        for array, item, label in zip(images, items, labels, strict=True):
+            img = Image.fromarray(np.asarray(array))
+            if self.draw_seed is not None:
+                with seeded_rng(stream_seed(self.draw_seed, "augment", self.epoch, int(item))):
+                    img = self.split.tail(img)
+            else:
+                img = self.split.tail(img)
+            out.append((img, label))
+        return out
+
     def __getitem__(self, index: int):
+        if self.decoded is not None:
+            return self.__getitems__([index])[0]
         item = int(self.indices[index])
         img, label = self.base[item]
         if self.transform is not None and self.draw_seed is not None:
@@ -228,15 +287,26 @@ class Data:
             base = base.with_transform(build_transform(self.config, self.info, img_size, training=False))
         if size is not None and size < len(base):
             keep = balanced_subset(base.targets, size, np.random.default_rng([TEST_SUBSET_SEED, 3]))
-            base = TransformSubset(base.base, base.indices[keep], base.transform, base.base_targets)
+            base = base.subset(keep)
         return DataLoader(base, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.config.num_workers)
 
 
 def create_data(
-    config: DataConfig, *, img_size: int, batch_size: int, seed: int, eval_batch_size: int | None = None
+    config: DataConfig,
+    *,
+    img_size: int,
+    batch_size: int,
+    seed: int,
+    eval_batch_size: int | None = None,
+    cached: bool | None = None,
 ) -> Data:
-    """Build the splits of ``config`` for a run with ``seed`` (see the module docstring for the rules)."""
+    """Build the splits of ``config`` for a run with ``seed`` (see the module docstring for the rules).
+
+    ``cached``: serve the images decoded once (:meth:`TransformSubset.cached`; the batches are bit-identical
+    to the per-sample path's); None: :data:`CACHED_AUGMENTATIONS` decides by the training augmentation."""
     config.validate()
+    if cached is None:
+        cached = config.augment in CACHED_AUGMENTATIONS
     source = SOURCES[config.source]
     train_base, info = source.build(config, "train")
     test_base, _ = source.build(config, "test")
@@ -269,6 +339,12 @@ def create_data(
         train_base, train_idx, build_transform(config, info, img_size, True), train_targets, draw_seed=seed
     )
     test_set = TransformSubset(test_base, test_idx, build_transform(config, info, img_size, False), test_targets)
+    if cached:
+        identity = {"source": config.source, "root": config.root, "options": dict(config.options)}
+        train_set.cached({**identity, "split": "train"})
+        test_set.cached({**identity, "split": "test"})
+        if val_set is not None:
+            val_set.cached({**identity, "split": "val" if "val" in source.splits else "train"})
     info = {
         **info,
         "train_size": len(train_set),
@@ -297,8 +373,16 @@ def _subset(targets: Sequence[int], n: int | None, rng: np.random.Generator, wha
 
 
 def create_loaders(
-    config: DataConfig, *, img_size: int, batch_size: int, seed: int, eval_batch_size: int | None = None
+    config: DataConfig,
+    *,
+    img_size: int,
+    batch_size: int,
+    seed: int,
+    eval_batch_size: int | None = None,
+    cached: bool | None = None,
 ) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
     """Seeded train and test loaders plus ``info`` (a shortcut over :func:`create_data`)."""
-    data = create_data(config, img_size=img_size, batch_size=batch_size, seed=seed, eval_batch_size=eval_batch_size)
+    data = create_data(
+        config, img_size=img_size, batch_size=batch_size, seed=seed, eval_batch_size=eval_batch_size, cached=cached
+    )
     return data.train_loader(), data.eval_loader("test"), data.info
