@@ -24,6 +24,10 @@ Loaders are torch ``DataLoader``s over an :class:`EpochSampler`, whose order dep
 where it stopped. (timm's ``create_loader`` takes no sampler or generator, so it cannot give either.)
 With ``num_workers > 0`` each worker's Python, NumPy and torch generators derive from the loader's seeded
 generator.
+
+Decoded once: by default (:data:`CACHED_AUGMENTATIONS`) each view's images are decoded one time
+(:mod:`attn_zoo.data.cache`) and transformed a batch at a time (:mod:`attn_zoo.data.augment`), with the same
+tensors, bit for bit, as decoding and transforming each item every epoch (``create_data(cached=False)``).
 """
 
 from __future__ import annotations
