@@ -67,10 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sources", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--cache-dir", default=None, help="where the decoded cache goes (default: a fresh temp dir)")
+    parser.add_argument("--cache-dir", default=None, help="cache directory (default: a temporary one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    base = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="attn_zoo_bench_data_"))
+    if args.cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="attn_zoo_bench_data_") as tmp:
+            return _bench(args, Path(tmp))
+    return _bench(args, Path(args.cache_dir))
+
+
+def _bench(args: argparse.Namespace, base: Path) -> int:
     rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for name in args.sources:
         config = CONFIGS[name]
