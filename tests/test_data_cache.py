@@ -21,13 +21,7 @@ from attn_zoo.data.loaders import CACHED_AUGMENTATIONS, Data, create_data
 from attn_zoo.data.sources import CIFAR10_CLASSES
 from attn_zoo.paths import allow_writes, restore_roots
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _jpeg_tars(root: Path, per_class: tuple[int, int] = (5, 3), seed: int = 0) -> Path:
