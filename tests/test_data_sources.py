@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+from attn_zoo.data.config import DataConfig
+from attn_zoo.data.loaders import EpochSampler, balanced_subset, create_data
+from attn_zoo.data.sources import CIFAR10_CLASSES, DEBIAN_FASHION_MNIST, SOURCES, DataSourceError, read_idx
 from attn_zoo.errors import ConfigError, UnknownNameError
-from attn_zoo.train.data import DataConfig, EpochSampler, balanced_subset, create_data
 from attn_zoo.train.recipe import seed_everything
-from attn_zoo.train.sources import CIFAR10_CLASSES, DEBIAN_FASHION_MNIST, SOURCES, DataSourceError, read_idx
 
 
 def make(cfg: dict, seed: int = 0, img_size: int = 32, batch_size: int = 8):
@@ -188,8 +189,8 @@ def test_pathfinder_source():
 
 
 def test_pathfinder_missing_module_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "attn_zoo.train.pathfinder", None)  # import now raises ImportError
-    with pytest.raises(DataSourceError, match=r"data source 'pathfinder' needs the module attn_zoo.train.pathfinder"):
+    monkeypatch.setitem(sys.modules, "attn_zoo.data.pathfinder", None)  # import now raises ImportError
+    with pytest.raises(DataSourceError, match=r"data source 'pathfinder' needs the module attn_zoo.data.pathfinder"):
         make({"source": "pathfinder", "train_size": 4, "test_size": 4})
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from attn_zoo.cli import main
+from attn_zoo.data import pathfinder as pf
 from attn_zoo.grid import SuiteError, load_suite
 from attn_zoo.paths import OutputError, allow_writes, atomic_output, cache_dir, restore_roots, writable
-from attn_zoo.train import pathfinder as pf
 
 PATHFINDER_SUITE = """
 [suite]

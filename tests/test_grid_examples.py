@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from attn_zoo.backbone.presets import list_presets
+from attn_zoo.data.sources import SOURCES
 from attn_zoo.grid import Store, load_suite, run_suite
 from attn_zoo.grid.cell import run_cell
 from attn_zoo.grid.suite import _read
 from attn_zoo.registry import list_mechanisms
-from attn_zoo.train.data import SOURCES
 
 SUITES = sorted((Path(__file__).resolve().parent.parent / "suites").glob("*.toml"))
 

@@ -8,9 +8,10 @@ of its own rank)::
     cli                      entry points: `attn-zoo`, `python -m attn_zoo.cli.ddp` (torchrun), `... cli.scaling`
     grid                     suites, cells, executors, the store
     testing | report         the conformance kit | tables and plots of stored rows (frames in, never the store)
-    train                    data, recipe, checkpoints, one cell's training, DDP plumbing
+    train                    recipe, checkpoints, one cell's training, DDP plumbing
     budget                   the budget matcher (counts and measures models)
     measure                  counting, latency, memory, ERF, scaling fits
+    data                     sources, the Pathfinder generator, data config, seeded loaders, image caches
     attn_zoo                 the package's Python API (create_model, create_mechanism, __version__)
     backbone                 the hierarchical harness and its presets
     mechanisms               one file per mechanism, registered by name
@@ -40,6 +41,7 @@ RANKS = {
     "attn_zoo.train": 10,
     "attn_zoo.budget": 9,
     "attn_zoo.measure": 8,
+    "attn_zoo.data": 7.5,  # below train (which trains on it) and measure; imports only names, paths, errors
     "attn_zoo": 7,
     "attn_zoo.backbone": 6,
     "attn_zoo.mechanisms": 5,

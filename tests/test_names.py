@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from attn_zoo.backbone.presets import get_preset, list_presets, register_preset
+from attn_zoo.data.sources import SOURCES
 from attn_zoo.errors import ConfigError, UnknownNameError
 from attn_zoo.grid.executors import create_executor, executor_names
 from attn_zoo.names import Registry
-from attn_zoo.train.sources import SOURCES
 
 
 def test_unknown_names_keep_each_kind_s_message():

@@ -1,4 +1,4 @@
-"""Tests of the generated Pathfinder task (attn_zoo.train.pathfinder)."""
+"""Tests of the generated Pathfinder task (attn_zoo.data.pathfinder)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import attn_zoo.train.pathfinder as pf
+import attn_zoo.data.pathfinder as pf
 from attn_zoo.errors import ConfigError, UnknownNameError
 
 DIFFICULTIES = list(pf.DIFFICULTIES)

@@ -21,8 +21,8 @@ import torch
 from _grid_fakes import ROOT
 
 from attn_zoo.cli.ddp import main
+from attn_zoo.data.loaders import EpochSampler
 from attn_zoo.grid import Store, load_suite
-from attn_zoo.train.data import EpochSampler
 from attn_zoo.train.distributed import ShardedEpochSampler
 
 # augmentation, dropout and stochastic depth off: per-image randomness differs between one and two

@@ -11,15 +11,10 @@ from torch import nn
 from attn_zoo.backbone.config import MixerSpec
 from attn_zoo.backbone.harness import Backbone
 from attn_zoo.backbone.presets import resolve_config
-from attn_zoo.train.data import DataConfig, create_data
-from attn_zoo.train.pairing import (
-    load_predictions,
-    save_predictions,
-    seeded_rng,
-    share_init,
-    shared_modules,
-    stream_seed,
-)
+from attn_zoo.data.config import DataConfig
+from attn_zoo.data.loaders import create_data
+from attn_zoo.data.seeds import seeded_rng, stream_seed
+from attn_zoo.train.pairing import load_predictions, save_predictions, share_init, shared_modules
 from attn_zoo.train.recipe import TrainConfig, fit, seed_everything
 
 TINY = {"dims": [12, 24, 48, 96], "depths": [1, 1, 1, 1]}

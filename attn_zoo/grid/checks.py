@@ -87,8 +87,8 @@ def section_fields(section: str) -> dict[str, Any]:
     """Field name -> type annotation of the config behind ``section``."""
     from attn_zoo.backbone.config import ModelConfig
     from attn_zoo.budget import Budget
+    from attn_zoo.data.config import DataConfig
     from attn_zoo.measure.profile import MEASURE_DEFAULTS
-    from attn_zoo.train.data import DataConfig
     from attn_zoo.train.recipe import TrainConfig
 
     if section == "measure":

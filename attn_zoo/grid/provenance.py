@@ -2,8 +2,8 @@
 
 A cell's code is ``{"harness": SHA, "mechanisms": {name: SHA}, "plugins": {name: "dist==version"}}``:
 
-- ``harness``: sha256 over the files that shape every number -- ``backbone/``, ``layers/``, ``train/``,
-  ``measure/``, ``mechanisms/base.py``, ``grid/cell.py`` and ``registry.py`` -- each file's path relative to
+- ``harness``: sha256 over the files that shape every number -- ``backbone/``, ``layers/``, ``data/``,
+  ``train/``, ``measure/``, ``mechanisms/base.py``, ``grid/cell.py`` and ``registry.py`` -- each file's path relative to
   the package and its bytes, in sorted order;
 - ``mechanisms``: per mechanism of the cell, sha256 of the source file of the module that defines it (a
   built-in's ``mechanisms/NAME.py``, a plugin file, or an installed plugin's module);
@@ -34,6 +34,7 @@ PACKAGE_ROOT = Path(attn_zoo.__file__).resolve().parent
 HARNESS_PARTS = (
     "backbone",
     "layers",
+    "data",
     "train",
     "budget.py",
     "measure",

@@ -69,6 +69,7 @@ import attn_zoo
 from attn_zoo.backbone.config import MixerSpec, ModelConfig, parse_knob_value
 from attn_zoo.backbone.presets import list_presets, resolve_config
 from attn_zoo.budget import Budget
+from attn_zoo.data.config import DataConfig
 from attn_zoo.errors import AttnZooError
 from attn_zoo.grid.checks import (
     DATA_PATH_KEYS,
@@ -84,7 +85,6 @@ from attn_zoo.grid.checks import (
 )
 from attn_zoo.measure.profile import MEASURE_DEFAULTS, resolve_measure  # noqa: F401 (re-exported)
 from attn_zoo.registry import PerStage, get_mechanism, list_mechanisms
-from attn_zoo.train.data import DataConfig
 from attn_zoo.train.recipe import TrainConfig
 
 if sys.version_info >= (3, 11):

@@ -1,1 +1,2 @@
-"""Data sources, the one training recipe, evaluation and budget matching."""
+"""The one training recipe, checkpoints, one cell's training, paired-run initial weights, DDP plumbing (the data
+it trains on is :mod:`attn_zoo.data`)."""

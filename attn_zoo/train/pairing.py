@@ -3,10 +3,10 @@
 A comparison between two mechanisms at seed ``s`` is *paired* when everything random except the mechanism is
 the same in both runs. The global generators cannot give that: building a model draws from them, and two
 mechanisms draw different amounts. So every random stream that is not the model's own gets its own seed,
-derived from ``(run seed, purpose, keys)`` by :func:`stream_seed`:
+derived from ``(run seed, purpose, keys)`` by :func:`~attn_zoo.data.seeds.stream_seed`:
 
-- training order: :class:`~attn_zoo.train.data.EpochSampler`, keyed by ``(seed, epoch)``;
-- augmentation: each training image's transform runs under :func:`seeded_rng` keyed by
+- training order: :class:`~attn_zoo.data.loaders.EpochSampler`, keyed by ``(seed, epoch)``;
+- augmentation: each training image's transform runs under :func:`~attn_zoo.data.seeds.seeded_rng` keyed by
   ``(seed, "augment", epoch, image index)``, so an image gets the same crop and flip in every mechanism;
 - mixup / cutmix: each step's draw (mix or cut, lambda, box) runs under ``(seed, "mixup", step)``;
   the pairs are timm's (the batch against its reverse), hence the same too;
@@ -17,54 +17,28 @@ derived from ``(run seed, purpose, keys)`` by :func:`stream_seed`:
   mechanism. The mixers' own parameters, and modules whose shapes differ (the budget matcher may size
   mechanisms differently), cannot be shared.
 
-:func:`seeded_rng` seeds Python's, NumPy's and torch's (CPU) global generators inside the block and restores
-them after it, so the draws above neither depend on nor disturb what the model draws (dropout, drop path).
+:func:`~attn_zoo.data.seeds.seeded_rng` seeds Python's, NumPy's and torch's (CPU) global generators inside the
+block and restores them after it, so the draws above neither depend on nor disturb what the model draws
+(dropout, drop path).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import random
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from attn_zoo.data.seeds import seeded_rng, stream_seed
+
 __all__ = [
     "PREDICTIONS_ARTIFACT",
     "load_predictions",
     "save_predictions",
-    "seeded_rng",
     "share_init",
     "shared_modules",
-    "stream_seed",
 ]
-
-
-def stream_seed(seed: int, purpose: str, *keys: Any) -> int:
-    """A 63-bit seed for the stream ``purpose`` of run ``seed`` (e.g. ``stream_seed(0, "augment", 2, 17)``)."""
-    text = ":".join(str(k) for k in ("attn_zoo", purpose, seed, *keys))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Inside the block, Python's, NumPy's and torch's CPU generators start from ``seed``; after it, they are
-    back where they were."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def _init_module(module: nn.Module) -> None:

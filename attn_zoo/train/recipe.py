@@ -13,7 +13,7 @@ Budget, one of:
   of about twice the forward), so ``steps = round(train_macs / (3 * forward_macs * batch_size))``.
 
 On CPU the run is deterministic: same seed, same thread count -> the same losses and accuracy, bit for bit
-(the data order depends only on the seed, see :mod:`attn_zoo.train.data`). Each step's mixup / cutmix draw
+(the data order depends only on the seed, see :mod:`attn_zoo.data.loaders`). Each step's mixup / cutmix draw
 comes from a generator keyed by the run seed and the step (:mod:`attn_zoo.train.pairing`), the same for
 every mechanism. On GPU, ``amp`` runs forward
 and loss under bfloat16 autocast. A loss that stops being finite ends the run with :class:`Diverged`.
@@ -38,10 +38,10 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.utils.data import DataLoader
 
+from attn_zoo.data.seeds import seeded_rng, stream_seed
 from attn_zoo.errors import ConfigError
 from attn_zoo.measure.machine import yield_to_measurement
 from attn_zoo.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from attn_zoo.train.pairing import seeded_rng, stream_seed
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
@@ -275,7 +275,7 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` for the configured budget. Seed (``seed_everything``) before building the model.
 
-    ``train_loader`` must sample through an :class:`~attn_zoo.train.data.EpochSampler` for exact resumption.
+    ``train_loader`` must sample through an :class:`~attn_zoo.data.loaders.EpochSampler` for exact resumption.
     With ``checkpoint_path``, a checkpoint there is resumed from (if ``identity`` -- the run's configuration
     -- matches the one it was written with) and one is written every ``checkpoint_every`` steps and at the
     end. Returns train_loss (mean of the last 10% of steps), train_steps, train_epochs, train_images,

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from attn_zoo.backbone.config import ModelConfig
+from attn_zoo.data.config import DataConfig
+from attn_zoo.data.loaders import Data, create_data
 from attn_zoo.errors import AttnZooError
-from attn_zoo.train.data import Data, DataConfig, create_data
 from attn_zoo.train.pairing import share_init
 from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
 

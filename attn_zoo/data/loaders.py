@@ -16,7 +16,7 @@ jitter, RandAugment, random erasing as set in ``[data.aug]``); ``light`` is the 
 (pad-4 random crop and horizontal flip), ``flip`` a horizontal flip only, ``none`` no augmentation.
 
 Paired runs: the training order, each image's augmentation and (in the recipe) each step's mixup draw come
-from generators seeded by the run seed alone (:mod:`attn_zoo.train.pairing`), so every mechanism at seed
+from generators seeded by the run seed alone (:mod:`attn_zoo.data.seeds`), so every mechanism at seed
 ``s`` sees the same batches, after augmentation.
 
 Loaders are torch ``DataLoader``s over an :class:`EpochSampler`, whose order depends only on
@@ -24,6 +24,10 @@ Loaders are torch ``DataLoader``s over an :class:`EpochSampler`, whose order dep
 where it stopped. (timm's ``create_loader`` takes no sampler or generator, so it cannot give either.)
 With ``num_workers > 0`` each worker's Python, NumPy and torch generators derive from the loader's seeded
 generator.
+
+Decoded once: by default (:data:`CACHED_AUGMENTATIONS`) each view's images are decoded one time
+(:mod:`attn_zoo.data.cache`) and transformed a batch at a time (:mod:`attn_zoo.data.augment`), with the same
+tensors, bit for bit, as decoding and transforming each item every epoch (``create_data(cached=False)``).
 """
 
 from __future__ import annotations
@@ -36,14 +40,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from attn_zoo.errors import ConfigError, UnknownNameError
-from attn_zoo.train.pairing import seeded_rng, stream_seed
-from attn_zoo.train.sources import SOURCES, ArrayDataset, Source, register_source, targets_of
+from attn_zoo.data.augment import SplitTransform
+from attn_zoo.data.cache import Decoded, NotCacheable, decode_split
+from attn_zoo.data.config import AUGMENTATIONS, TIMM_AUG_KEYS, DataConfig
+from attn_zoo.data.seeds import seeded_rng, stream_seed
+from attn_zoo.data.sources import SOURCES, ArrayDataset, Source, register_source, targets_of
+from attn_zoo.errors import ConfigError
 
 __all__ = [
     "AUGMENTATIONS",
+    "CACHED_AUGMENTATIONS",
     "SOURCES",
     "ArrayDataset",
     "Data",
@@ -57,80 +66,10 @@ __all__ = [
     "register_source",
 ]
 
-AUGMENTATIONS = ("none", "flip", "light", "timm")
-TIMM_AUG_KEYS = {
-    "scale": (0.5, 1.0),
-    "ratio": None,
-    "hflip": 0.5,
-    "vflip": 0.0,
-    "color_jitter": 0.4,
-    "auto_augment": None,
-    "interpolation": "bilinear",
-    "re_prob": 0.0,
-    "re_mode": "const",
-    "re_count": 1,
-    "train_crop_mode": None,
-}
 TEST_SUBSET_SEED = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Which data and how much of it. ``options`` holds source-specific settings (e.g. ``difficulty``);
-    ``aug`` holds ``timm.data.create_transform`` settings for ``augment = "timm"``."""
-
-    source: str = "synthetic"
-    root: str | None = None
-    train_size: int | None = None
-    val_size: int | None = None
-    test_size: int | None = None
-    subset_seed: int | None = None
-    augment: str = "light"
-    aug: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    num_workers: int = 0
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
-        """Known fields go to fields, everything else to the source's ``options`` (checked by the source)."""
-        fields = {f.name for f in dataclasses.fields(cls)} - {"options"}
-        known = {k: v for k, v in data.items() if k in fields}
-        options = {k: v for k, v in data.items() if k not in fields and k != "options"}
-        options.update(data.get("options") or {})
-        config = cls(**known, options=options)
-        config.validate()
-        return config
-
-    def validate(self) -> DataConfig:
-        if self.source not in SOURCES:
-            raise UnknownNameError("data source", self.source, SOURCES)
-        if self.augment not in AUGMENTATIONS:
-            raise ConfigError(f"data augment {self.augment!r} unknown; allowed: {', '.join(AUGMENTATIONS)}")
-        for key in ("train_size", "val_size", "test_size"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"data {key} must be a positive integer, got {value!r}")
-        for key in ("subset_seed", "num_workers"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ConfigError(f"data {key} must be a non-negative integer, got {value!r}")
-        if not isinstance(self.aug, Mapping):
-            raise ConfigError(f"data aug must be a table of create_transform settings, got {self.aug!r}")
-        unknown = set(self.aug) - set(TIMM_AUG_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"data aug: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TIMM_AUG_KEYS))}"
-            )
-        if self.aug and self.augment != "timm":
-            raise ConfigError(f'data aug settings apply only with augment = "timm" (augment is {self.augment!r})')
-        SOURCES[self.source].validate(self)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("options", "aug")}
-        if self.aug:
-            out["aug"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.aug.items()}
-        return {**out, **dict(self.options)}
+# the training augmentations whose runs use decoded-once images by default (cells call create_data with
+# cached=None): every one, since tests/test_data_cache.py finds the cached batches bit-identical for each
+CACHED_AUGMENTATIONS = frozenset(AUGMENTATIONS)
 
 
 def balanced_subset(targets: Sequence[int], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -165,8 +104,13 @@ class TransformSubset(Dataset):
     base's labels, all of them.
 
     ``draw_seed`` (training views): each item's transform runs under its own seeded generators, keyed by
-    ``(draw_seed, epoch, base index)`` (:mod:`attn_zoo.train.pairing`), so the augmentation of an image
-    depends only on the run seed and the epoch (:meth:`set_epoch`), not on what else drew random numbers."""
+    ``(draw_seed, epoch, base index)`` (:mod:`attn_zoo.data.seeds`), so the augmentation of an image
+    depends only on the run seed and the epoch (:meth:`set_epoch`), not on what else drew random numbers.
+
+    :meth:`cached` decodes the view's images once (:mod:`attn_zoo.data.cache`); then items are served from
+    the decoded arrays, a batch at a time by :meth:`__getitems__` (the DataLoader's batched fetch), with the
+    transform's random part done on the whole batch where :mod:`attn_zoo.data.augment` reproduces it, else per
+    image as before. Either way the tensors are bit-identical to the uncached path's."""
 
     def __init__(
         self,
@@ -180,19 +124,66 @@ class TransformSubset(Dataset):
         self.base_targets = targets
         self.targets = [int(targets[i]) for i in self.indices]
         self.draw_seed, self.epoch = draw_seed, 0
+        self.identity: Mapping[str, Any] | None = None  # set by cached(): what the base is, for the cache key
+        self.decoded: Decoded | None = None
+        self.split: SplitTransform | None = None
         if hasattr(base, "transform"):
             base.transform = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def cached(self, identity: Mapping[str, Any]) -> TransformSubset:
+        """This view, its images decoded once (unchanged when they cannot be one uint8 array: mixed sizes or
+        modes). ``identity``: the source, root, options and split of the base (part of the cache key)."""
+        self.identity = dict(identity)
+        if self.transform is None:
+            return self
+        split = SplitTransform(self.transform)
+        try:
+            self.decoded = decode_split(self.base, self.indices, split.head, self.identity)
+        except NotCacheable:
+            return self
+        self.split = split
+        return self
+
     def with_transform(self, transform: Callable | None) -> TransformSubset:
-        return TransformSubset(self.base, self.indices, transform, self.base_targets)
+        view = TransformSubset(self.base, self.indices, transform, self.base_targets)
+        return view.cached(self.identity) if self.identity is not None else view
+
+    def subset(self, keep: Sequence[int] | np.ndarray) -> TransformSubset:
+        """The items ``keep`` (positions in this view) with the same transform and decoded images."""
+        view = TransformSubset(self.base, self.indices[np.asarray(keep)], self.transform, self.base_targets)
+        view.identity, view.decoded, view.split = self.identity, self.decoded, self.split
+        return view
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, int]]:
+        if self.decoded is None or self.split is None:
+            return [self[i] for i in indices]
+        items = self.indices[np.asarray(indices, dtype=np.int64)]
+        images = self.decoded.images[self.decoded.rows(items)]
+        labels = [int(self.base_targets[i]) for i in items]
+        batch = self.split.batch
+        if batch is not None and (not batch.random or self.draw_seed is not None):
+            seeds = self.split.seeds(self.draw_seed, self.epoch, items) if batch.random else None
+            return list(zip(batch(images, seeds).unbind(0), labels, strict=True))
+        out = []
+        for array, item, label in zip(images, items, labels, strict=True):
+            img = Image.fromarray(np.asarray(array))
+            if self.draw_seed is not None:
+                with seeded_rng(stream_seed(self.draw_seed, "augment", self.epoch, int(item))):
+                    img = self.split.tail(img)
+            else:
+                img = self.split.tail(img)
+            out.append((img, label))
+        return out
+
     def __getitem__(self, index: int):
+        if self.decoded is not None:
+            return self.__getitems__([index])[0]
         item = int(self.indices[index])
         img, label = self.base[item]
         if self.transform is not None and self.draw_seed is not None:
@@ -300,15 +291,26 @@ class Data:
             base = base.with_transform(build_transform(self.config, self.info, img_size, training=False))
         if size is not None and size < len(base):
             keep = balanced_subset(base.targets, size, np.random.default_rng([TEST_SUBSET_SEED, 3]))
-            base = TransformSubset(base.base, base.indices[keep], base.transform, base.base_targets)
+            base = base.subset(keep)
         return DataLoader(base, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.config.num_workers)
 
 
 def create_data(
-    config: DataConfig, *, img_size: int, batch_size: int, seed: int, eval_batch_size: int | None = None
+    config: DataConfig,
+    *,
+    img_size: int,
+    batch_size: int,
+    seed: int,
+    eval_batch_size: int | None = None,
+    cached: bool | None = None,
 ) -> Data:
-    """Build the splits of ``config`` for a run with ``seed`` (see the module docstring for the rules)."""
+    """Build the splits of ``config`` for a run with ``seed`` (see the module docstring for the rules).
+
+    ``cached``: serve the images decoded once (:meth:`TransformSubset.cached`; the batches are bit-identical
+    to the per-sample path's); None: :data:`CACHED_AUGMENTATIONS` decides by the training augmentation."""
     config.validate()
+    if cached is None:
+        cached = config.augment in CACHED_AUGMENTATIONS
     source = SOURCES[config.source]
     train_base, info = source.build(config, "train")
     test_base, _ = source.build(config, "test")
@@ -341,6 +343,12 @@ def create_data(
         train_base, train_idx, build_transform(config, info, img_size, True), train_targets, draw_seed=seed
     )
     test_set = TransformSubset(test_base, test_idx, build_transform(config, info, img_size, False), test_targets)
+    if cached:
+        identity = {"source": config.source, "root": config.root, "options": dict(config.options)}
+        train_set.cached({**identity, "split": "train"})
+        test_set.cached({**identity, "split": "test"})
+        if val_set is not None:
+            val_set.cached({**identity, "split": "val" if "val" in source.splits else "train"})
     info = {
         **info,
         "train_size": len(train_set),
@@ -369,8 +377,16 @@ def _subset(targets: Sequence[int], n: int | None, rng: np.random.Generator, wha
 
 
 def create_loaders(
-    config: DataConfig, *, img_size: int, batch_size: int, seed: int, eval_batch_size: int | None = None
+    config: DataConfig,
+    *,
+    img_size: int,
+    batch_size: int,
+    seed: int,
+    eval_batch_size: int | None = None,
+    cached: bool | None = None,
 ) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
     """Seeded train and test loaders plus ``info`` (a shortcut over :func:`create_data`)."""
-    data = create_data(config, img_size=img_size, batch_size=batch_size, seed=seed, eval_batch_size=eval_batch_size)
+    data = create_data(
+        config, img_size=img_size, batch_size=batch_size, seed=seed, eval_batch_size=eval_batch_size, cached=cached
+    )
     return data.train_loader(), data.eval_loader("test"), data.info

@@ -7,13 +7,13 @@
 | ``cifar10_jpeg`` | the CIFAR-10 JPEG copy: ``train.tar`` / ``test.tar`` | train, test          |
 | ``fashion_mnist`` | idx files (torchvision's or Debian's layout)        | train, test          |
 | ``imagefolder``| a directory or tar per split, one folder per class     | train, test          |
-| ``pathfinder`` | generated long-range task (``attn_zoo.train.pathfinder``) | train, val, test  |
+| ``pathfinder`` | generated long-range task (``attn_zoo.data.pathfinder``) | train, val, test  |
 | ``synthetic``  | generated oriented bars in noise, for smoke tests      | train, val, test     |
 
 Folders and tars are read with timm's readers (``timm.data.create_dataset``), torchvision's CIFAR classes
 through timm's ``torch/`` names. A source without a ``val`` split gets its validation set carved out of
-``train`` by :mod:`attn_zoo.train.data`; the reported number always comes from ``test``.
-Transforms are applied by :mod:`attn_zoo.train.data`, never by the source (its ``transform`` stays None).
+``train`` by :mod:`attn_zoo.data.loaders`; the reported number always comes from ``test``.
+Transforms are applied by :mod:`attn_zoo.data.loaders`, never by the source (its ``transform`` stays None).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from attn_zoo.errors import AttnZooError, ConfigError
 from attn_zoo.names import Registry
 
 if TYPE_CHECKING:
-    from attn_zoo.train.data import DataConfig
+    from attn_zoo.data.config import DataConfig
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_MNIST_CLASSES = (
@@ -210,10 +210,10 @@ def _pathfinder(config: DataConfig, split: str) -> tuple[Dataset, dict[str, Any]
     from attn_zoo.paths import cache_dir
 
     try:  # lazy: the generator is its own module and may be absent from a partial checkout
-        from attn_zoo.train.pathfinder import PathfinderDataset
+        from attn_zoo.data.pathfinder import PathfinderDataset
     except ImportError as exc:
         raise DataSourceError(
-            f"data source 'pathfinder' needs the module attn_zoo.train.pathfinder, which is not importable here: {exc}"
+            f"data source 'pathfinder' needs the module attn_zoo.data.pathfinder, which is not importable here: {exc}"
         ) from None
     source = SOURCES["pathfinder"]
     size = {"train": config.train_size, "val": config.val_size, "test": config.test_size}[split]
