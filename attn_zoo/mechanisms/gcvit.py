@@ -214,7 +214,9 @@ class GCViTAttention(Mixer):
             q = self._repeat_query(q_global, plan.num_windows)
         bias = self.rel_pos().unsqueeze(0)  # (1, heads, N, N)
         out = self.attend(q, k, v, scale=self.scale, bias=bias)
-        # proj per window before the reverse, over the padded tokens too (as official; attention_macs counts it)
+        # proj per window before the reverse, over the padded tokens too (as official; attention_macs counts
+        # them). Merging into the padded map first would save a copy and give the same outputs, but the proj
+        # gradient would sum its tokens in another order (float rounding), so training would not repeat exactly.
         return plan.reverse(self.proj(plan.merge_heads(out)))
 
     def _global_query(self, context: Any, batch: int) -> torch.Tensor:
