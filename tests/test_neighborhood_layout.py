@@ -84,3 +84,17 @@ def test_natten_heads_last_equals_heads_first_cpu():
             *last, (3, 5), (2, 2), scale=0.3, border="inward", backend="natten", heads_last=True
         )
     assert torch.equal(got.permute(0, 3, 1, 2, 4), want)
+
+
+def test_msda_hands_natten_heads_last_views(monkeypatch, fresh_dispatch):
+    import attn_zoo
+
+    monkeypatch.setattr(nb, "_natten_tried", True)
+    monkeypatch.setattr(nb, "_natten_error", None)
+    monkeypatch.setattr(nb, "_natten_module", _RecordingNatten)
+    monkeypatch.setattr(backends.Path, "can_run", lambda self, op, name, device: None)
+    m = attn_zoo.create_mechanism("msda", 48, 6, border="inward", dilations=(1, 2), backend="natten")
+    with torch.no_grad():
+        out = m(torch.randn(2, 9, 10, 48))
+    assert m.last_backend == "natten" and out.shape == (2, 9, 10, 48)
+    assert _RecordingNatten.seen[0].shape == (2, 9, 10, 3, 8)  # (B, H, W, heads of the last group, d)

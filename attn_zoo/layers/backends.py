@@ -344,6 +344,13 @@ def run(op: str, name: str, device: torch.device, *args: Any, **kwargs: Any) -> 
     return paths[name].run(*args, **kwargs)
 
 
+def takes_heads_last(op: str, name: str, device: torch.device) -> bool:
+    """Whether path ``name`` of ``op`` on ``device`` takes ``(B, H, W, heads, d)`` (natten's layout), so a caller
+    whose tensors come that way passes them with ``heads_last=True`` and pays no layout copy."""
+    path = _paths(device, op).get(name)
+    return path is not None and path.heads_last
+
+
 def dense_attention(
     q: torch.Tensor,
     k: torch.Tensor,
