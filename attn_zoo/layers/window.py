@@ -254,7 +254,8 @@ class Windows:
             Swin's official code uses -100.0, not -inf.
         pad_mask_value: logit added to padded keys, or None to leave them in the softmax unmasked (Swin's
             official detection code and GC-ViT); IWSA masks them with ``-inf``, Swin's clean variant with its
-            mask value.
+            mask value. ``-inf`` is safe: the padding is shorter than the window, so every window keeps a
+            real key.
     """
 
     def __init__(
