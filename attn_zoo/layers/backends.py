@@ -39,12 +39,15 @@ class Path:
     ``run``: the kernel. ``needs(device)``: why it cannot run before trying (a package missing), else None.
     ``forward_only``: why it runs here only forward (never for ``auto`` or training), else None.
     ``accepts(call)``: why it cannot compute this call (natten: only the inward border), else None.
+    ``heads_last``: a neighbourhood kernel that takes and returns ``(B, H, W, heads, d)`` (natten's own layout)
+    instead of ``(B, heads, H, W, d)``; :func:`run` moves the heads only when the caller's layout differs.
     """
 
     run: Callable[..., torch.Tensor]
     needs: Callable[[torch.device], str | None] = lambda device: None
     forward_only: Callable[[torch.device], str | None] = lambda device: None
     accepts: Callable[[Mapping[str, Any]], str | None] = lambda call: None
+    heads_last: bool = False
 
     def can_run(self, op: str, name: str, device: torch.device) -> str | None:
         """None if the kernel ran once on a tiny input on ``device`` (cached), else why not."""
@@ -52,7 +55,8 @@ class Path:
         if key not in _PROBED:
             reason = self.needs(device)
             if reason is None:
-                reason = _probe(op, self.run, device, backward=self.forward_only(device) is None)
+                backward = self.forward_only(device) is None
+                reason = _probe(op, self.run, device, backward=backward, heads_last=self.heads_last)
             _PROBED[key] = reason
         return _PROBED[key]
 
@@ -60,16 +64,20 @@ class Path:
 _PROBED: dict[tuple[str, str, str], str | None] = {}
 
 
-def _probe(op: str, run: Callable[..., torch.Tensor], device: torch.device, *, backward: bool) -> str | None:
+def _probe(
+    op: str, run: Callable[..., torch.Tensor], device: torch.device, *, backward: bool, heads_last: bool = False
+) -> str | None:
     """Run ``run`` once on a tiny input (forward, and backward when the path claims one); None if it worked."""
     try:
         with _disable_current_modes(), torch.inference_mode(False), torch.set_grad_enabled(backward):
             g = torch.Generator().manual_seed(0)
-            shape = (1, 1, 8, 8) if op == "dense" else (1, 1, 4, 4, 8)
+            shape = (1, 1, 8, 8) if op == "dense" else (1, 1, 4, 4, 8)  # one head: the same in either layout
             q, k, v = (torch.randn(shape, generator=g).to(device).requires_grad_(backward) for _ in range(3))
             if op == "dense":
                 out = run(q, k, v, scale=0.25, bias=None)
             else:
+                if heads_last:
+                    q, k, v = (t.view(1, 4, 4, 1, 8) for t in (q, k, v))
                 out = run(q, k, v, (3, 3), (1, 1), 0.25, "inward")
             if backward:
                 out.sum().backward()
@@ -152,7 +160,11 @@ TABLE: dict[str, dict[str, dict[str, Path]]] = {
             "reference": Path(_na_reference),
             "cpu_fast": Path(_na_cpu_fast),
             "natten": Path(
-                _na_natten, needs=_natten_import, forward_only=lambda d: _NATTEN_CPU, accepts=_natten_accepts
+                _na_natten,
+                needs=_natten_import,
+                forward_only=lambda d: _NATTEN_CPU,
+                accepts=_natten_accepts,
+                heads_last=True,
             ),
         },
     },
@@ -166,7 +178,13 @@ TABLE: dict[str, dict[str, dict[str, Path]]] = {
         "neighborhood": {
             "reference": Path(_na_reference),
             "cpu_fast": Path(_na_cpu_fast),
-            "natten": Path(_na_natten, needs=_natten_import, forward_only=_natten_cuda_limit, accepts=_natten_accepts),
+            "natten": Path(
+                _na_natten,
+                needs=_natten_import,
+                forward_only=_natten_cuda_limit,
+                accepts=_natten_accepts,
+                heads_last=True,
+            ),
         },
     },
     # shapes only (no data): counting and sizing run models on the meta device
@@ -326,6 +344,13 @@ def run(op: str, name: str, device: torch.device, *args: Any, **kwargs: Any) -> 
     return paths[name].run(*args, **kwargs)
 
 
+def takes_heads_last(op: str, name: str, device: torch.device) -> bool:
+    """Whether path ``name`` of ``op`` on ``device`` takes ``(B, H, W, heads, d)`` (natten's layout), so a caller
+    whose tensors come that way passes them with ``heads_last=True`` and pays no layout copy."""
+    path = _paths(device, op).get(name)
+    return path is not None and path.heads_last
+
+
 def dense_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -353,22 +378,26 @@ def neighborhood_attention(
     scale: float,
     border: str = "zero",
     backend: str = "auto",
+    heads_last: bool = False,
 ) -> torch.Tensor:
     """2-D dilated neighbourhood attention.
 
     Args:
-        q: queries, ``(B, heads, H, W, d_qk)``.
-        k: keys, ``(B, heads, H, W, d_qk)``.
-        v: values, ``(B, heads, H, W, d_v)``.
+        q: queries, ``(B, heads, H, W, d_qk)`` (``(B, H, W, heads, d_qk)`` with ``heads_last``).
+        k: keys, ``(B, heads, H, W, d_qk)`` (``(B, H, W, heads, d_qk)`` with ``heads_last``).
+        v: values, ``(B, heads, H, W, d_v)`` (``(B, H, W, heads, d_v)`` with ``heads_last``).
         kernel_size: ``(k_h, k_w)``, each odd and >= 1; rectangular windows such as ``(5, 1)`` are
             allowed. An int means a square window.
         dilation: ``(d_h, d_w)``, each >= 1 (an int means the same on both axes).
         scale: the logit scale, usually ``d_qk ** -0.5``.
         border: ``"zero"`` (default), ``"masked"`` or ``"inward"``; see below.
         backend: ``"auto"``, ``"reference"``, ``"cpu_fast"`` or ``"natten"``.
+        heads_last: q, k, v (and the output) are ``(B, H, W, heads, d)``, natten's layout, e.g. views of a
+            ``(B, H, W, heads * d)`` projection. Each path gets the layout it takes (``Path.heads_last``):
+            natten then runs on the caller's tensors with no layout copy, the others on heads-first views.
 
     Returns:
-        ``(B, heads, H, W, d_v)``, in the dtype of ``q``.
+        ``(B, heads, H, W, d_v)`` (``(B, H, W, heads, d_v)`` with ``heads_last``), in the dtype of ``q``.
 
     Semantics. With ``r_h = (k_h - 1) // 2`` and ``r_w = (k_w - 1) // 2``, the neighbours of query
     ``(i, j)`` are the ``k_h * k_w`` positions ``(i + (a - r_h) * d_h, j + (b - r_w) * d_w)`` for
@@ -407,9 +436,18 @@ def neighborhood_attention(
             grad on CPU, or when natten has no kernel for the call (on CPU its flex path needs
             ``d_qk == d_v``, a power of two in [8, 512], and float32/16); the message says which.
     """
+    to_first, to_last = (0, 3, 1, 2, 4), (0, 2, 3, 1, 4)  # heads-last <-> heads-first, as views
+    if heads_last:
+        q, k, v = (t.permute(*to_first) for t in (q, k, v))
     kernel, dil = nb._validate(q, k, v, kernel_size, dilation, scale, border, backend)
     chosen = choose_backend(backend, q, border, kernel)
-    return run("neighborhood", chosen, q.device, q, k, v, kernel, dil, float(scale), border)
+    path_heads_last = _paths(q.device, "neighborhood")[chosen].heads_last
+    if path_heads_last:
+        q, k, v = (t.permute(*to_last) for t in (q, k, v))
+    out = run("neighborhood", chosen, q.device, q, k, v, kernel, dil, float(scale), border)
+    if path_heads_last != heads_last:
+        out = out.permute(*(to_first if path_heads_last else to_last))
+    return out
 
 
 def choose_backend(backend: str, q: torch.Tensor, border: str, kernel: tuple[int, int]) -> str:

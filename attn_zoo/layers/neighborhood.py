@@ -648,7 +648,8 @@ def _natten_na2d(
     dil: tuple[int, int],
     scale: float,
 ) -> Tensor:
-    """natten's ``na2d`` on our layout; natten wants ``(B, H, W, heads, d)``.
+    """natten's ``na2d`` on natten's own heads-last layout: ``(B, H, W, heads, d)`` in and out (the dispatch
+    moves the heads only for a caller whose tensors are heads-first, ``Path.heads_last``).
 
     natten's "no kernel for this case" is a BackendUnavailableError: nothing falls back to another path.
     """
@@ -660,7 +661,7 @@ def _natten_na2d(
         )
     # Under no_grad, flex on CPU still refuses inputs that merely have requires_grad set: detach them.
     detach = q.device.type == "cpu"
-    to_natten = [(t.detach() if detach else t).permute(0, 2, 3, 1, 4).contiguous() for t in (q, k, v)]
+    to_natten = [(t.detach() if detach else t).contiguous() for t in (q, k, v)]  # no copy when already dense
     try:
         out = natten.na2d(*to_natten, kernel_size=kernel, dilation=dil, scale=scale)  # type: ignore[attr-defined]
     except NotImplementedError as exc:  # natten found no backend for this dtype/head dims/device
@@ -669,4 +670,4 @@ def _natten_na2d(
             f"device {q.device}; natten's flex path, the only one on CPU, needs d_qk == d_v, a power of "
             f"two in [8, 512], and a 16/32-bit float): {exc}"
         ) from exc
-    return out.permute(0, 3, 1, 2, 4)
+    return out

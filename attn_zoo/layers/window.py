@@ -1,5 +1,6 @@
-"""Window helpers shared by the windowed mechanisms (Swin, IWSA, GC-ViT): padding, partition, reverse,
-and the relative position bias table of Swin (also used by GC-ViT)."""
+"""Window helpers shared by the windowed mechanisms (Swin, IWSA, GC-ViT): :class:`Windows` and its
+:class:`WindowPlan` (pad, shift, partition, heads, masks, merge: the one window path they all take), the
+lower-level steps it is made of, and the relative position bias table of Swin (also used by GC-ViT)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,173 @@ def window_token_order(
         back_inverse = torch.empty_like(back)
         back_inverse[back] = torch.arange(back.numel(), device=device)
     return into, into_inverse, back, back_inverse
+
+
+class WindowPlan:
+    """How one ``height x width`` map is cut into windows, and put back: made by :meth:`Windows.plan`.
+
+    The map is zero-padded at the bottom/right to ``(Hp, Wp)``, multiples of the window ``(Mh, Mw)``, rolled by
+    ``(-shift, -shift)`` when ``shift`` is set (Swin's SW-MSA: pad first, then roll, as the official detection
+    code), and cut into ``nW = Hp*Wp / N`` windows of ``N = Mh*Mw`` tokens in row-major order. Shifted plans
+    move tokens with one precomputed gather each way (:func:`window_token_order`); unshifted ones with strided
+    copies, which are cheaper there. Every window mechanism goes through the same steps:
+
+    * :meth:`partition` ``(B, H, W, C) -> (B, nW, N, C)`` (pad + roll + partition);
+    * :meth:`split_heads` ``(B, nW, N, parts*C) -> (parts, B, nW, heads, N, d)`` (q, k, v out of one projection);
+    * :attr:`mask`: the additive logit mask for the shift and the padding, or None (see :meth:`Windows.plan`);
+    * :meth:`merge` ``(B, nW, heads, N, d) -> (B, H, W, heads*d)`` (merge heads + reverse + roll back + crop), or
+      :meth:`merge_heads` then :meth:`reverse` where a per-window step sits between them (GC-ViT's projection).
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        window: tuple[int, int],
+        heads: int,
+        shift: int,
+        device: torch.device,
+        mask: torch.Tensor | None,
+    ):
+        self.height, self.width = height, width
+        self.window = (int(window[0]), int(window[1]))
+        self.heads, self.shift, self.device = heads, shift, device
+        Mh, Mw = self.window
+        self.padded_size = (-(-height // Mh) * Mh, -(-width // Mw) * Mw)
+        self.tokens = Mh * Mw
+        self.num_windows = self.padded_size[0] * self.padded_size[1] // self.tokens
+        self.is_padded = self.padded_size != (height, width)
+        self.mask = mask
+        self._orders: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def _order(self, heads: int) -> tuple[torch.Tensor, ...]:
+        if heads not in self._orders:
+            self._orders[heads] = window_token_order(
+                self.height, self.width, self.window, self.shift, heads, self.device
+            )
+        return self._orders[heads]
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C) -> (B, Hp, Wp, C)``, zeros at the bottom/right (no copy when nothing is padded)."""
+        return pad_to_multiple(x, self.window)
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` (or the already padded ``(B, Hp, Wp, C)``) ``-> (B, nW, N, C)``: pad, roll, partition."""
+        x = self.pad(x)
+        if not self.shift:
+            return window_partition(x, self.window)
+        into, into_inverse, _, _ = self._order(1)
+        B, Hp, Wp, C = x.shape
+        windows = gather_rows(x.reshape(B, Hp * Wp, C), into, into_inverse)
+        return windows.view(B, self.num_windows, self.tokens, C)
+
+    def split_heads(self, windows: torch.Tensor, parts: int) -> torch.Tensor:
+        """``(B, nW, N, parts*heads*d) -> (parts, B, nW, heads, N, d)``: q, k, v of a fused projection."""
+        B, nW, N, C = windows.shape
+        d = C // (parts * self.heads)
+        return windows.reshape(B, nW, N, parts, self.heads, d).permute(3, 0, 1, 4, 2, 5)
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        """``(B, nW, heads, N, d) -> (B, H, W, heads*d)``: heads merged, windows reversed, roll undone, cropped.
+
+        One copy: a gather (shifted) or a strided copy (:func:`merge_heads_reverse`); the crop is a view.
+        """
+        B, nW, heads, N, d = out.shape
+        H, W = self.height, self.width
+        if self.shift:
+            _, _, back, back_inverse = self._order(heads)
+            return gather_rows(out.reshape(B, nW * heads * N, d), back, back_inverse).view(B, H, W, heads * d)
+        return merge_heads_reverse(out, self.window, *self.padded_size)[:, :H, :W]
+
+    @staticmethod
+    def merge_heads(out: torch.Tensor) -> torch.Tensor:
+        """``(B, nW, heads, N, d) -> (B, nW, N, heads*d)`` (one copy), for a per-window step before :meth:`reverse`."""
+        B, nW, heads, N, d = out.shape
+        return out.transpose(2, 3).reshape(B, nW, N, heads * d)
+
+    def reverse(self, windows: torch.Tensor) -> torch.Tensor:
+        """``(B, nW, N, C) -> (B, H, W, C)``: inverse of :meth:`partition` (reverse, roll back, crop)."""
+        B, nW, N, C = windows.shape
+        H, W = self.height, self.width
+        if self.shift:
+            _, _, back, back_inverse = self._order(1)
+            return gather_rows(windows.reshape(B, nW * N, C), back, back_inverse).view(B, H, W, C)
+        return window_reverse(windows, self.window, *self.padded_size)[:, :H, :W, :]
+
+
+class Windows:
+    """The one window path of the window mechanisms (Swin, IWSA, GC-ViT): plans cached per map and device.
+
+    ``Windows(window, heads, shift=0, shift_mask_value=-100.0, pad_mask_value=None).plan(H, W, device)`` gives
+    the :class:`WindowPlan` of an ``H x W`` map. The mechanisms' own choices are parameters:
+
+    Args:
+        window: window side M, or ``(Mh, Mw)``; :meth:`plan` may override it per map (IWSA clamps it).
+        heads: attention heads (for :meth:`WindowPlan.split_heads` and the fused merge).
+        shift: cyclic shift of the padded map before partitioning (Swin's SW-MSA uses M // 2; 0 is none).
+        shift_mask_value: logit added to pairs of tokens from different image regions of a shifted map;
+            Swin's official code uses -100.0, not -inf.
+        pad_mask_value: logit added to padded keys, or None to leave them in the softmax unmasked (Swin's
+            official detection code and GC-ViT); IWSA masks them with ``-inf``, Swin's clean variant with its
+            mask value. ``-inf`` is safe: the padding is shorter than the window, so every window keeps a
+            real key.
+    """
+
+    def __init__(
+        self,
+        window: int | tuple[int, int],
+        heads: int,
+        *,
+        shift: int = 0,
+        shift_mask_value: float = -100.0,
+        pad_mask_value: float | None = None,
+    ):
+        self.window = (window, window) if isinstance(window, int) else (int(window[0]), int(window[1]))
+        self.heads = heads
+        self.shift = shift
+        self.shift_mask_value = shift_mask_value
+        self.pad_mask_value = pad_mask_value
+        self._plans: dict[tuple, WindowPlan] = {}
+
+    def plan(self, height: int, width: int, device: torch.device, window: tuple[int, int] | None = None) -> WindowPlan:
+        """The plan of a ``height x width`` map (cached), with ``window`` instead of the default if given.
+
+        Its ``mask`` (float32; cast it to the logits' dtype) is None when nothing is masked, ``(nW, 1, N, N)``
+        on a shifted map (``shift_mask_value`` between regions, ``pad_mask_value`` on padded keys if set), or
+        ``(nW, 1, 1, N)`` when only padded keys are masked.
+        """
+        window = self.window if window is None else (int(window[0]), int(window[1]))
+        key = (height, width, window, device)
+        if key not in self._plans:
+            mask = self._mask(height, width, window, device)
+            self._plans[key] = WindowPlan(height, width, window, self.heads, self.shift, device, mask)
+        return self._plans[key]
+
+    def _mask(self, H: int, W: int, window: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+        Mh, Mw = window
+        Hp, Wp = -(-H // Mh) * Mh, -(-W // Mw) * Mw
+        s = self.shift
+        pad_keys = None
+        if self.pad_mask_value is not None and (Hp, Wp) != (H, W):
+            valid = torch.zeros(1, Hp, Wp, 1, device=device)
+            valid[:, :H, :W] = 1
+            if s:
+                valid = torch.roll(valid, shifts=(-s, -s), dims=(1, 2))
+            pad_keys = window_partition(valid, window)[0, :, :, 0] == 0  # (nW, N)
+        if not s:
+            if pad_keys is None:
+                return None
+            mask = torch.zeros(pad_keys.shape, device=device, dtype=torch.float32)
+            mask = mask.masked_fill(pad_keys, self.pad_mask_value)
+            return mask[:, None, None, :]
+        # label every position by the image region it came from; pairs with different labels are masked
+        region = torch.zeros(1, Hp, Wp, 1, device=device)
+        cuts_h = (slice(0, -Mh), slice(-Mh, -s), slice(-s, None))
+        cuts_w = (slice(0, -Mw), slice(-Mw, -s), slice(-s, None))
+        for i, (hs, ws) in enumerate((hs, ws) for hs in cuts_h for ws in cuts_w):
+            region[:, hs, ws, :] = i
+        labels = window_partition(region, window)[0, :, :, 0]  # (nW, N)
+        mask = (labels.unsqueeze(1) != labels.unsqueeze(2)).float() * self.shift_mask_value
+        if pad_keys is not None:
+            mask = torch.where(pad_keys.unsqueeze(1), torch.full_like(mask, self.pad_mask_value), mask)
+        return mask.unsqueeze(1)

@@ -29,7 +29,7 @@ from torch import nn
 from attn_zoo.errors import KnobError, MechanismInputError
 from attn_zoo.layers.attention import WINDOW_BACKENDS
 from attn_zoo.layers.mbconv import MbConvBlock
-from attn_zoo.layers.window import RelativePositionBias, pad_to_multiple, window_partition, window_reverse
+from attn_zoo.layers.window import RelativePositionBias, Windows
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
 
@@ -175,6 +175,7 @@ class GCViTAttention(Mixer):
         self.qkv = nn.Linear(dim, (2 if global_query else 3) * dim, bias=qkv_bias)
         self.rel_pos = RelativePositionBias(self.window, num_heads)
         self.proj = nn.Linear(dim, dim)
+        self.windows = Windows(self.window, num_heads)  # no shift, padded keys unmasked (as Swin's official code)
 
     @classmethod
     def validate_knobs(cls, knobs: Mapping[str, Any]) -> None:
@@ -202,22 +203,21 @@ class GCViTAttention(Mixer):
 
         ``context``: the stage's global query ``(B, M, M, C)``; required by global blocks, ignored by local ones.
         """
-        B, H, W, C = self.check_input(x)
+        B, H, W, _ = self.check_input(x)
         q_global = self._global_query(context, B) if self.global_query else None
-        x = pad_to_multiple(x, self.window)
-        Hp, Wp = x.shape[1:3]
-        windows = window_partition(x, self.window)  # (B, nW, N, C), image-major
-        nW, N = windows.shape[1:3]
-        h, d = self.num_heads, self.head_dim
+        plan = self.windows.plan(H, W, x.device)
+        windows = plan.partition(x)  # (B, nW, N, C), image-major
         if q_global is None:
-            q, k, v = self.qkv(windows).reshape(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)
+            q, k, v = plan.split_heads(self.qkv(windows), 3).unbind(0)
         else:
-            k, v = self.qkv(windows).reshape(B, nW, N, 2, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)
-            q = self._repeat_query(q_global, nW)
+            k, v = plan.split_heads(self.qkv(windows), 2).unbind(0)
+            q = self._repeat_query(q_global, plan.num_windows)
         bias = self.rel_pos().unsqueeze(0)  # (1, heads, N, N)
         out = self.attend(q, k, v, scale=self.scale, bias=bias)
-        out = self.proj(out.transpose(2, 3).reshape(B, nW, N, C))
-        return window_reverse(out, self.window, Hp, Wp)[:, :H, :W, :]
+        # proj per window before the reverse, over the padded tokens too (as official; attention_macs counts
+        # them). Merging into the padded map first would save a copy and give the same outputs, but the proj
+        # gradient would sum its tokens in another order (float rounding), so training would not repeat exactly.
+        return plan.reverse(self.proj(plan.merge_heads(out)))
 
     def _global_query(self, context: Any, batch: int) -> torch.Tensor:
         """Check the context and split it into heads: ``(B, M, M, C) -> (B, heads, M*M, d)``."""

@@ -26,7 +26,7 @@ from torch import nn
 
 from attn_zoo.errors import KnobError
 from attn_zoo.layers.attention import WINDOW_BACKENDS
-from attn_zoo.layers.window import pad_to_multiple, window_partition, window_reverse
+from attn_zoo.layers.window import Windows
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
 
@@ -71,7 +71,8 @@ class InteractiveWindowAttention(Mixer):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.lim = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim) if lim else None
         self.proj = nn.Linear(dim, dim)
-        self._masks: dict[tuple, torch.Tensor] = {}
+        # no shift; the window clamps per map (``window_for``); padded keys get -inf when masked
+        self.windows = Windows(window, num_heads, pad_mask_value=float("-inf") if mask_padding else None)
 
     @classmethod
     def validate_knobs(cls, knobs: dict[str, Any]) -> None:
@@ -84,39 +85,19 @@ class InteractiveWindowAttention(Mixer):
 
     def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
         """``(B, H, W, C) -> (B, H, W, C)``; any H, W (padded to the window internally, then cropped)."""
-        B, H, W, C = self.check_input(x)
-        win = self.window_for(H, W)
+        _, H, W, C = self.check_input(x)
+        plan = self.windows.plan(H, W, x.device, window=self.window_for(H, W))
         if self.mask_padding:
-            qkv = pad_to_multiple(self.qkv(x), win)  # zero q, k, v on padded tokens; the keys get masked
+            qkv = self.qkv(x)  # padded with zero q, k, v by the partition; the padded keys get masked
         else:
-            qkv = self.qkv(pad_to_multiple(x, win))  # zero tokens, projected like real ones, not masked
-        Hp, Wp = qkv.shape[1:3]
-        windows = window_partition(qkv, win)  # (B, nW, N, 3C)
-        nW, N = windows.shape[1:3]
-        q, k, v = windows.reshape(B, nW, N, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        bias = self._mask(H, W, Hp, Wp, win, x.device) if self.mask_padding else None
-        bias = bias.to(q.dtype) if bias is not None else None
-        out = self.attend(q, k, v, scale=self.scale, bias=bias)
-        out = window_reverse(out.transpose(2, 3).reshape(B, nW, N, C), win, Hp, Wp)[:, :H, :W]
+            qkv = self.qkv(plan.pad(x))  # zero tokens, projected like real ones, not masked
+        q, k, v = plan.split_heads(plan.partition(qkv), 3)  # each (B, nW, heads, N, d)
+        bias = plan.mask.to(q.dtype) if plan.mask is not None else None  # (nW, 1, 1, N) or None
+        out = plan.merge(self.attend(q, k, v, scale=self.scale, bias=bias))  # (B, H, W, C)
         if self.lim is not None:
             value_map = qkv[:, :H, :W, 2 * C :].permute(0, 3, 1, 2)  # the real (B, C, H, W) map, never padded
             out = out + self.lim(value_map).permute(0, 2, 3, 1)
         return self.proj(out)
-
-    def _mask(
-        self, H: int, W: int, Hp: int, Wp: int, win: tuple[int, int], device: torch.device
-    ) -> torch.Tensor | None:
-        """``(nW, 1, N, N)`` additive mask: ``-inf`` on padded keys. Every window holds a real token (pad < M)."""
-        if Hp == H and Wp == W:
-            return None
-        key = (H, W, win, device)
-        if key not in self._masks:
-            valid = torch.zeros(1, Hp, Wp, 1, device=device)
-            valid[:, :H, :W] = 1
-            padded = window_partition(valid, win)[0, :, :, 0] == 0  # (nW, N)
-            mask = torch.zeros(padded.shape, device=device).masked_fill(padded, float("-inf"))
-            self._masks[key] = mask[:, None, None, :]
-        return self._masks[key]
 
     def attention_macs(self, height: int, width: int) -> int:
         Mh, Mw = self.window_for(height, width)

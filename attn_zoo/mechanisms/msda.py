@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from attn_zoo.errors import KnobError, MechanismInputError
-from attn_zoo.layers.backends import neighborhood_attention
+from attn_zoo.layers.backends import neighborhood_attention, takes_heads_last
 from attn_zoo.layers.neighborhood import neighborhood_attention_macs
 from attn_zoo.mechanisms.base import NeighborhoodMixer
 from attn_zoo.registry import register_mechanism
@@ -106,22 +106,30 @@ class MultiScaleDilatedAttention(NeighborhoodMixer):
                 )
         backend = self.pick_backend(x)
         h, g = self.num_heads, self.heads_per_group
-        # (B, H, W, 3C) -> (3, B, heads, H, W, head_dim): q/k/v outermost, heads grouped by dilation
-        qkv = self.qkv(x).reshape(B, H, W, 3, h, self.head_dim).permute(3, 0, 4, 1, 2, 5).contiguous()
-        q, k, v = qkv.unbind(0)
+        qkv = self.qkv(x).reshape(B, H, W, 3, h, self.head_dim)
+        heads_last = takes_heads_last("neighborhood", backend, x.device)
+        if heads_last:  # natten's own layout, (B, H, W, heads, head_dim): views of the projection, no copy
+            q, k, v = qkv.unbind(3)
+            axis = 3
+        else:  # (3, B, heads, H, W, head_dim): q/k/v outermost, heads grouped by dilation
+            q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).contiguous().unbind(0)
+            axis = 1
         groups = [
             neighborhood_attention(
-                q[:, i * g : (i + 1) * g],
-                k[:, i * g : (i + 1) * g],
-                v[:, i * g : (i + 1) * g],
+                q.narrow(axis, i * g, g),
+                k.narrow(axis, i * g, g),
+                v.narrow(axis, i * g, g),
                 self.kernel,
                 r,
                 scale=self.scale,
                 border=self.border,
                 backend=backend,
+                heads_last=heads_last,
             )
             for i, r in enumerate(self.dilations)
         ]
+        if heads_last:
+            return self.proj(torch.cat(groups, dim=3).reshape(B, H, W, C))
         out = torch.cat(groups, dim=1)  # (B, heads, H, W, head_dim): new tensor, no write into x
         return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))
 

@@ -17,14 +17,7 @@ from torch import nn
 
 from attn_zoo.errors import KnobError
 from attn_zoo.layers.attention import WINDOW_BACKENDS
-from attn_zoo.layers.window import (
-    RelativePositionBias,
-    gather_rows,
-    merge_heads_reverse,
-    pad_to_multiple,
-    window_partition,
-    window_token_order,
-)
+from attn_zoo.layers.window import RelativePositionBias, Windows
 from attn_zoo.mechanisms.base import Mixer
 from attn_zoo.registry import register_mechanism
 
@@ -76,8 +69,14 @@ class SwinAttention(Mixer):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.rel_pos = RelativePositionBias(self.window, num_heads)
         self.proj = nn.Linear(dim, dim)
-        self._masks: dict[tuple, torch.Tensor | None] = {}
-        self._orders: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        # official quirks: pad then roll, shift mask -100 (not -inf), padded keys unmasked unless mask_padding
+        self.windows = Windows(
+            self.window,
+            num_heads,
+            shift=self.shift_size,
+            shift_mask_value=mask_value,
+            pad_mask_value=mask_value if mask_padding else None,
+        )
 
     @classmethod
     def validate_knobs(cls, knobs: dict[str, Any]) -> None:
@@ -90,64 +89,19 @@ class SwinAttention(Mixer):
         Math of the official code: zero-pad bottom/right to multiples of M, roll by -M/2 (SW-MSA), partition
         into windows, attention per window with bias + mask, merge heads, reverse, roll back, crop, proj
         (proj is per token, so it may follow the crop). For SW-MSA the token moves are one precomputed gather
-        each way (:func:`window_token_order`); W-MSA partitions and reverses with strided copies, which are
-        cheaper there. Same tensors either way, fewer copies than the official code.
+        each way; W-MSA partitions and reverses with strided copies, which are cheaper there
+        (:class:`attn_zoo.layers.window.Windows`, the path IWSA and GC-ViT take too). Same tensors either way,
+        fewer copies than the official code.
         """
-        B, H, W, C = self.check_input(x)
-        x = pad_to_multiple(x, self.window)
-        Hp, Wp = x.shape[1:3]
-        h, d, N = self.num_heads, self.head_dim, self.window[0] * self.window[1]
-        nW = (Hp * Wp) // N
-        if self.shift_size:
-            into, into_inverse, back, back_inverse = self._order(H, W, x.device)
-            windows = gather_rows(x.reshape(B, Hp * Wp, C), into, into_inverse)  # rolled and partitioned
-        else:
-            windows = window_partition(x, self.window)
-        qkv = self.qkv(windows).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, heads, N, d)
+        _, H, W, _ = self.check_input(x)
+        plan = self.windows.plan(H, W, x.device)
+        windows = plan.partition(x)  # padded, rolled (SW-MSA) and partitioned: (B, nW, N, C)
+        qkv = plan.split_heads(self.qkv(windows), 3)  # (3, B, nW, heads, N, d)
         bias = self.rel_pos().unsqueeze(0)  # (1, heads, N, N)
-        mask = self._mask(H, W, Hp, Wp, x.device)
-        if mask is not None:
-            bias = bias + mask.to(bias.dtype).unsqueeze(1)  # (nW, heads, N, N): one additive term
+        if plan.mask is not None:
+            bias = bias + plan.mask.to(bias.dtype)  # (nW, heads, N, N): one additive term
         out = self.attend(*qkv.unbind(0), scale=self.scale, bias=bias)
-        if self.shift_size:
-            out = gather_rows(out.reshape(B, nW * h * N, d), back, back_inverse).view(B, H, W, C)
-        else:
-            out = merge_heads_reverse(out, self.window, Hp, Wp)[:, :H, :W]
-        return self.proj(out)
-
-    def _order(self, H: int, W: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        key = (H, W, device)
-        if key not in self._orders:
-            self._orders[key] = window_token_order(H, W, self.window, self.shift_size, self.num_heads, device)
-        return self._orders[key]
-
-    def _mask(self, H: int, W: int, Hp: int, Wp: int, device: torch.device) -> torch.Tensor | None:
-        """``(nW, N, N)`` additive mask (0 or ``mask_value``) for the shift and optionally the padding."""
-        padded = self.mask_padding and (Hp != H or Wp != W)
-        if not self.shift_size and not padded:
-            return None
-        key = (H, W, Hp, Wp, device)
-        if key not in self._masks:
-            Mh, Mw = self.window
-            s = self.shift_size
-            # label every position by the image region it came from; pairs with different labels are masked
-            region = torch.zeros(1, Hp, Wp, 1, device=device)
-            if s:
-                cuts_h = (slice(0, -Mh), slice(-Mh, -s), slice(-s, None))
-                cuts_w = (slice(0, -Mw), slice(-Mw, -s), slice(-s, None))
-                for i, (hs, ws) in enumerate((hs, ws) for hs in cuts_h for ws in cuts_w):
-                    region[:, hs, ws, :] = i
-            labels = window_partition(region, self.window).squeeze(-1).squeeze(0)  # (nW, N)
-            mask = (labels.unsqueeze(1) != labels.unsqueeze(2)).float() * self.mask_value
-            if padded:
-                valid = torch.zeros(1, Hp, Wp, 1, device=device)
-                valid[:, :H, :W] = 1
-                if s:
-                    valid = torch.roll(valid, shifts=(-s, -s), dims=(1, 2))
-                pad_keys = window_partition(valid, self.window).squeeze(-1).squeeze(0) == 0  # (nW, N)
-                mask = torch.where(pad_keys.unsqueeze(1), torch.full_like(mask, self.mask_value), mask)
-            self._masks[key] = mask
-        return self._masks[key]
+        return self.proj(plan.merge(out))
 
     def attention_macs(self, height: int, width: int) -> int:
         """qkv and attention over the padded map; proj over the real tokens (it follows the crop)."""
