@@ -38,7 +38,7 @@ class BudgetOutOfReach(AttnZooError, ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Budget:
+class BudgetConfig:
     """``metric`` in params | macs | latency | none; ``target`` in its unit (parameters, MACs per image,
     milliseconds per batch); ``resolution`` for macs/latency (default: the model's img_size);
     ``tolerance``: allowed relative error; ``strict``: a target out of reach fails the cell (else the
@@ -63,6 +63,9 @@ class Budget:
             raise ConfigError(f"budget resolution must be a positive integer, got {self.resolution!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"budget batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+Budget = BudgetConfig  # the name before cell specs were typed
 
 
 @dataclasses.dataclass(frozen=True)

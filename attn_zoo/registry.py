@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
 from attn_zoo.names import Registry
+from attn_zoo.typecheck import convert, type_name, union_args
 
 if TYPE_CHECKING:  # imported where used: the CLI reads this module without loading torch
     import importlib.metadata
@@ -61,16 +62,16 @@ class KnobSpec:
 
     @property
     def choices(self) -> tuple[Any, ...] | None:
-        lits = [a for a in _union_args(self.annotation) if typing.get_origin(a) is Literal]
+        lits = [a for a in union_args(self.annotation) if typing.get_origin(a) is Literal]
         return tuple(c for lit in lits for c in typing.get_args(lit)) or None
 
     @property
     def type_name(self) -> str:
-        return _type_name(self.annotation)
+        return type_name(self.annotation)
 
     def validate(self, value: Any, owner: str) -> Any:
         """Return ``value`` converted to the knob's type, or raise ``KnobError`` saying what is allowed."""
-        ok, converted = _convert(value, self.annotation)
+        ok, converted = convert(value, self.annotation)
         if not ok:
             raise KnobError(
                 f"{owner}: knob {self.name!r} got {value!r} ({type(value).__name__}); allowed: {self.type_name}"
@@ -463,74 +464,6 @@ def _arg_docs(doc: str) -> dict[str, str]:
             elif current and line.strip():
                 out[current] += " " + line.strip()
     return out
-
-
-# -- type checking of knob values -----------------------------------------------------------------------
-def _union_args(annotation: Any) -> tuple[Any, ...]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def _type_name(annotation: Any) -> str:
-    parts = []
-    for a in _union_args(annotation):
-        origin = typing.get_origin(a)
-        if a is type(None):
-            parts.append("none")
-        elif origin is Literal:
-            parts.append(" | ".join(repr(c) for c in typing.get_args(a)))
-        elif origin is tuple:
-            args = typing.get_args(a)
-            if len(args) == 2 and args[1] is Ellipsis:
-                parts.append(f"list of {_type_name(args[0])}")
-            else:
-                parts.append(f"list of {len(args)} {' / '.join(sorted({_type_name(x) for x in args}))}")
-        else:
-            parts.append(getattr(a, "__name__", str(a)))
-    return " or ".join(parts)
-
-
-def _convert(value: Any, annotation: Any) -> tuple[bool, Any]:
-    for a in _union_args(annotation):
-        ok, out = _convert_one(value, a)
-        if ok:
-            return True, out
-    return False, None
-
-
-def _convert_one(value: Any, a: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(a)
-    if a is type(None):
-        return value is None, None
-    if a is Any:
-        return True, value
-    if origin is Literal:
-        choices = typing.get_args(a)
-        return (value in choices and type(value) in {type(c) for c in choices}), value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False, None
-        args = typing.get_args(a)
-        if len(args) == 2 and args[1] is Ellipsis:
-            items = [_convert(v, args[0]) for v in value]
-        else:
-            if len(value) != len(args):
-                return False, None
-            items = [_convert(v, t) for v, t in zip(value, args)]
-        if not all(ok for ok, _ in items):
-            return False, None
-        return True, tuple(v for _, v in items)
-    if a is bool:
-        return isinstance(value, bool), value
-    if a is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if a is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else None
-    if a is str:
-        return isinstance(value, str), value
-    return isinstance(value, a), value
 
 
 @contextlib.contextmanager

@@ -201,7 +201,7 @@ class LocalExecutor:
     def submit(self, cell: Cell, artifact_dir: Path) -> Any:
         tmp = self._cell_dir()
         spec_path, result_path = tmp / "spec.json", tmp / "result.json"
-        spec_path.write_text(json.dumps(dict(cell.spec)))
+        spec_path.write_text(json.dumps(cell.spec.to_dict()))
         # output to a file, not a pipe: a chatty worker never blocks
         with open(tmp / "worker.log", "wb") as log:
             proc = subprocess.Popen(

@@ -191,7 +191,7 @@ class RayExecutor:
         plugins = os.environ.get(PLUGINS_ENV)
         task = self._task.options(runtime_env={"env_vars": {PLUGINS_ENV: plugins}}) if plugins else self._task
         ref = task.remote(
-            dict(cell.spec), str(artifact_dir), self._session, self.timeout_s, self.memory_limit_mb, self.command
+            cell.spec.to_dict(), str(artifact_dir), self._session, self.timeout_s, self.memory_limit_mb, self.command
         )
         token = next(self._tokens)
         self._running[ref] = (token, artifact_dir)

@@ -30,6 +30,7 @@ from attn_zoo.errors import AttnZooError
 from attn_zoo.train.data import Data, DataConfig, create_data
 from attn_zoo.train.pairing import share_init
 from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
+from attn_zoo.train.spec import CellSpec
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
@@ -48,15 +49,16 @@ class TrainResult:
     test_predictions: tuple[Any, Any] | None = None
 
 
-def prepare_data(spec: Mapping[str, Any], img_size: int) -> Data:
-    """The datasets of a cell (``spec["data"]``, ``spec["train"]``, ``spec["seed"]``) at ``img_size``."""
-    data_cfg = DataConfig.from_dict(spec["data"])
-    train_cfg = TrainConfig.from_dict(spec["train"])
+def prepare_data(spec: CellSpec | Mapping[str, Any], img_size: int) -> Data:
+    """The datasets of a cell (``spec.data``, ``spec.train``, ``spec.seed``) at ``img_size``."""
+    spec = CellSpec.coerce(spec)
+    data_cfg = (spec.data or DataConfig()).validate()
+    train_cfg = (spec.train or TrainConfig()).validate()
     return create_data(
         data_cfg,
         img_size=img_size,
         batch_size=train_cfg.batch_size,
-        seed=int(spec["seed"]),
+        seed=spec.seed,
         eval_batch_size=train_cfg.eval_batch_size,
     )
 
@@ -123,7 +125,7 @@ def progress_reporter(after: int = ESTIMATE_AFTER_STEPS):
 
 
 def run_training(
-    spec: Mapping[str, Any],
+    spec: CellSpec | Mapping[str, Any],
     config: ModelConfig,
     device: str | torch.device = "cpu",
     data: Data | None = None,
@@ -140,12 +142,13 @@ def run_training(
     from attn_zoo.budget import budget_metric
 
     device = torch.device(device)
-    train_cfg = TrainConfig.from_dict(spec["train"])
+    spec = CellSpec.coerce(spec)
+    train_cfg = (spec.train or TrainConfig()).validate()
     data = data or prepare_data(spec, config.img_size)
     forward_macs = budget_metric(config, "macs")
-    seed_everything(int(spec["seed"]))
+    seed_everything(spec.seed)
     model = Backbone(config)
-    share_init(model, int(spec["seed"]))  # shared modules start alike across mechanisms (paired runs)
+    share_init(model, spec.seed)  # shared modules start alike across mechanisms (paired runs)
     checkpoint = None
     if train_cfg.checkpoint_dir:
         directory = Path(train_cfg.checkpoint_dir).expanduser()
