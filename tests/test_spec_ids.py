@@ -53,3 +53,39 @@ def test_bench_cell_ids_unchanged():
     with mock.patch.object(bench_cmd.uuid, "uuid4", return_value=uuid.UUID(int=7)):
         cells = [Cell(spec) for spec in bench_cmd.build_cells(args)]
     assert _summary(cells) == BENCH
+
+
+RESULTS = SUITES.parent / "results"
+
+
+def _stored_specs() -> list[tuple[str, str, str]]:
+    import sqlite3
+
+    rows = []
+    for path in sorted(RESULTS.glob("**/*.sqlite")):
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows += [(path.name, cell_id, spec) for cell_id, spec in db.execute("SELECT cell_id, spec FROM cells")]
+        finally:
+            db.close()
+    return rows
+
+
+def _covers(new: object, old: object) -> bool:
+    """``new`` holds every value of ``old`` (older stores lack keys added since, which take defaults)."""
+    if isinstance(old, dict):
+        return isinstance(new, dict) and all(k in new and _covers(new[k], v) for k, v in old.items())
+    return new == old
+
+
+def test_every_committed_stored_spec_loads():
+    import json
+
+    from attn_zoo.train.spec import CellSpec
+
+    rows = _stored_specs()
+    assert rows, f"no committed stores under {RESULTS}"
+    for store, cell_id, text in rows:
+        stored = json.loads(text)
+        spec = CellSpec.from_dict(stored)
+        assert _covers(spec.to_dict(), stored), f"{store} {cell_id}: the spec does not read back"
