@@ -143,8 +143,9 @@ _PLUGIN_FILES: dict[Path, list[str]] = {}  # resolved path -> names the file reg
 _LOADED = {"builtins": False, "entry_points": False}
 _BUILTIN_PACKAGE = "attn_zoo.mechanisms"
 PLUGINS_ENV = "ATTN_ZOO_PLUGINS"
-"""Environment variable: plugin files (``os.pathsep``-separated) every process loads on first use. The files
-named by ``--plugin`` or a suite's ``[suite] plugins`` are appended, so the cell workers load them too."""
+"""Environment variable: plugin files (``os.pathsep``-separated) every process loads on first use, set by the
+user. Nothing here writes it: the files given with ``--plugin`` travel to worker processes as arguments
+(``Cell.plugins``, the cell worker's ``--plugin``, the memory worker's job)."""
 
 
 def register_mechanism(
@@ -205,7 +206,7 @@ def _ensure_loaded() -> None:
         for item in os.environ.get(PLUGINS_ENV, "").split(os.pathsep):
             if item:
                 try:
-                    load_plugin_file(item, export=False)
+                    load_plugin_file(item)
                 except ConfigError as exc:  # like a broken entry point: report it, load the rest
                     _report(f"file {item}", f"{exc} (named in ${PLUGINS_ENV})")
 
@@ -278,12 +279,12 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint, before: Mapping[str, Me
     return sorted(set(_REGISTRY) - set(before)) or [ep.name]
 
 
-def load_plugin_file(path: str | Path, *, export: bool = True) -> list[str]:
+def load_plugin_file(path: str | Path) -> list[str]:
     """Import a local Python file that registers mechanisms (``@register_mechanism``); return their names.
 
     Loading the same file again returns the same names without running it twice; a file that is the
-    source of an installed plugin's module (an editable install) reuses that module. With ``export``
-    the file is appended to ``$ATTN_ZOO_PLUGINS`` so the worker processes of a suite load it as well.
+    source of an installed plugin's module (an editable install) reuses that module. The process's
+    environment is left alone: a worker process that needs the file is given it (``Cell.plugins``).
     Raises :class:`ConfigError` naming the file when it is missing or fails to import (whatever it
     registered before failing is removed).
     """
@@ -300,10 +301,6 @@ def load_plugin_file(path: str | Path, *, export: bool = True) -> list[str]:
     # a file may register no mechanism (a preset or a data source instead): not an error here
     _PLUGIN_FILES[resolved] = names
     _PLUGIN_ERRORS.pop(f"file {path}", None)
-    if export:
-        current = [p for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
-        if str(resolved) not in current:
-            os.environ[PLUGINS_ENV] = os.pathsep.join([*current, str(resolved)])
     return names
 
 
@@ -468,14 +465,13 @@ def _arg_docs(doc: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def isolated_registry() -> Iterator[None]:
-    """Undo every registration, plugin load and ``$ATTN_ZOO_PLUGINS`` change made inside the block.
+    """Undo every registration and plugin load made inside the block.
 
     For tests that register throw-away mechanisms or load plugin files: the process's registry is as before.
     """
     _ensure_loaded()
     saved = (dict(_REGISTRY), dict(_PLUGIN_ERRORS), dict(_PLUGIN_FILES), dict(_LOADED))
     names = {spec.cls: spec.cls.__dict__.get("name") for spec in _REGISTRY.values()}
-    env = os.environ.get(PLUGINS_ENV)
     try:
         yield
     finally:
@@ -484,7 +480,3 @@ def isolated_registry() -> Iterator[None]:
             store.update(old)
         for cls, name in names.items():
             cls.name = name or ""
-        if env is None:
-            os.environ.pop(PLUGINS_ENV, None)
-        else:
-            os.environ[PLUGINS_ENV] = env

@@ -1,6 +1,7 @@
 """What one cell does, inside its own worker process: size the model to the budget, count, time, train.
 
-Run as ``python -m attn_zoo.grid.cell SPEC.json RESULT.json [ARTIFACT_DIR]``; the exit code and the result
+Run as ``python -m attn_zoo.grid.cell SPEC.json RESULT.json [ARTIFACT_DIR] [--plugin FILE ...]`` (the
+plugin files are loaded before the cell runs, :attr:`Cell.plugins`); the exit code and the result
 file tell the runner what happened. Outcomes: ``ok``, ``diverged`` (loss not finite, with the step), ``oom``
 (out of memory), ``failed`` (anything else, with the reason). Files a cell writes (e.g. an ERF map) go under
 ``ARTIFACT_DIR`` and are named in ``result["artifacts"]`` as ``{name: path}``; the runner records them.
@@ -133,11 +134,23 @@ def failure_result(exc: BaseException) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else argv
+    args, plugins = [], []
+    items = iter(argv)
+    for arg in items:
+        if arg == "--plugin":
+            plugins.append(next(items))
+        else:
+            args.append(arg)
     spec_path, result_path = Path(args[0]), Path(args[1])
     artifact_dir = Path(args[2]) if len(args) > 2 else None
     spec = json.loads(spec_path.read_text())
     try:
+        if plugins:
+            from attn_zoo.registry import load_plugin_file
+
+            for plugin in plugins:
+                load_plugin_file(plugin)
         result = run_cell(spec, artifact_dir=artifact_dir)
     except BaseException as exc:  # the worker reports every failure to the runner, then exits non-zero
         result = failure_result(exc)

@@ -158,6 +158,7 @@ class Suite:
     raw: Mapping[str, Any]
     executor: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     factors: tuple[str, ...] = ()
+    plugins: tuple[str, ...] = ()  # the plugin files given with --plugin (resolved), which every cell carries
 
 
 def variant_name(factors: Mapping[str, Any]) -> str:
@@ -327,11 +328,12 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
     combos = _expand(path, factors, mode)
 
     knob_factors = [k for k, _ in factors if k.startswith("knobs.")]
+    plugin_files = tuple(dict.fromkeys(str(Path(p).resolve()) for p in plugins))
     cells: dict[str, Cell] = {}
     for combo in combos:
         with _cell_context(path, combo):
             spec = _resolve_cell(path, raw, combo, per_mech, overrides, knob_factors, allow_long)
-        cell = Cell(spec)
+        cell = Cell(spec, plugin_files)
         cells.setdefault(cell.cell_id, cell)
     return Suite(
         name,
@@ -342,6 +344,7 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
         raw,
         executor,
         tuple(k for k, _ in factors),
+        plugin_files,
     )
 
 
