@@ -72,9 +72,10 @@ def data_row(data: Data) -> dict[str, float]:
     }
 
 
-def checkpoint_path_for(spec: Mapping[str, Any], directory: str | Path) -> Path:
-    """``DIR/<sha256 of the spec, 16 hex>.ckpt``: a changed cell never resumes another's checkpoint."""
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def checkpoint_path_for(spec: CellSpec | Mapping[str, Any], directory: str | Path) -> Path:
+    """``DIR/<sha256 of the spec's plain form, 16 hex>.ckpt``: a changed cell never resumes another's checkpoint."""
+    plain = spec.to_dict() if isinstance(spec, CellSpec) else spec
+    key = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(directory).expanduser() / f"{key}.ckpt"
 
 
@@ -142,6 +143,7 @@ def run_training(
     from attn_zoo.budget import budget_metric
 
     device = torch.device(device)
+    plain = spec.to_dict() if isinstance(spec, CellSpec) else dict(spec)  # what checkpoints are keyed by
     spec = CellSpec.coerce(spec)
     train_cfg = (spec.train or TrainConfig()).validate()
     data = data or prepare_data(spec, config.img_size)
@@ -152,7 +154,7 @@ def run_training(
     checkpoint = None
     if train_cfg.checkpoint_dir:
         directory = Path(train_cfg.checkpoint_dir).expanduser()
-        checkpoint = checkpoint_path_for(spec, Path(base_dir) / directory if base_dir else directory)
+        checkpoint = checkpoint_path_for(plain, Path(base_dir) / directory if base_dir else directory)
     metrics: dict[str, float] = {**data_row(data), "forward_macs": forward_macs}
     train_loader, share = data.train_loader(), (lambda loader: loader)
     if distributed is not None:
@@ -169,7 +171,7 @@ def run_training(
                 device=device,
                 forward_macs=forward_macs,
                 checkpoint_path=checkpoint,
-                identity={"spec": json.loads(json.dumps(spec, default=str)), "model": config.to_dict()},
+                identity={"spec": json.loads(json.dumps(plain, default=str)), "model": config.to_dict()},
                 on_step=progress_reporter() if distributed is None or distributed.is_main else None,
                 distributed=distributed,
             )
