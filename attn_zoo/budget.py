@@ -246,7 +246,7 @@ def _rel(achieved: float | None, target: float) -> float:
 
 def match_budget(
     config: ModelConfig,
-    budget: Budget,
+    budget: BudgetConfig,
     measure: Callable[[ModelConfig], float] | None = None,
 ) -> BudgetMatch:
     """Size ``config`` to ``budget``: width first, then depth. ``measure`` overrides the metric (tests)."""
@@ -276,7 +276,9 @@ def match_budget(
     return BudgetMatch(best, budget.metric, target, achieved, ok, message, value.evaluations, tol)
 
 
-def _out_of_reach(config: ModelConfig, best: ModelConfig, budget: Budget, achieved: float, value: _Counter) -> str:
+def _out_of_reach(
+    config: ModelConfig, best: ModelConfig, budget: BudgetConfig, achieved: float, value: _Counter
+) -> str:
     mech = "+".join(config.mechanisms())
     what = f"budget {budget.metric} target {budget.target:.4g} is out of reach for {mech!r} on {config.name!r}"
     shape = f"dims {list(best.dims)}, depths {list(best.depths)}"

@@ -44,14 +44,13 @@ def show(value: Any) -> str:
 def section_fields(section: str) -> dict[str, Any]:
     """Field name -> type annotation of the config behind ``section``."""
     from attn_zoo.backbone.config import ModelConfig
-    from attn_zoo.budget import Budget
+    from attn_zoo.budget import BudgetConfig
     from attn_zoo.measure.profile import MeasureConfig
     from attn_zoo.train.data import DataConfig
     from attn_zoo.train.recipe import TrainConfig
 
-    cls = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "budget": Budget, "measure": MeasureConfig}[
-        section
-    ]
+    classes = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "budget": BudgetConfig}
+    cls = {**classes, "measure": MeasureConfig}[section]
     hints = typing.get_type_hints(cls)
     fields = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
     if section == "data":
