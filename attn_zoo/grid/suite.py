@@ -614,8 +614,6 @@ def _resolve_cell(
         raise SuiteError(path, "model.preset", f"unknown preset {show(preset)}; allowed: {', '.join(list_presets())}")
     seed = combo.get("seed", sections["train"].pop("seed", 0))
     sections["train"].pop("seed", None)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise SuiteError(path, "train.seed", f"seeds must be non-negative integers, got {show(seed)}")
 
     for key in DATA_PATH_KEYS:
         if isinstance(sections["data"].get(key), str) and sections["data"][key]:
