@@ -63,7 +63,7 @@ def _stored_specs() -> list[tuple[str, str, str]]:
 
     rows = []
     for path in sorted(RESULTS.glob("**/*.sqlite")):
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)  # writes nothing beside the store
         try:
             rows += [(path.name, cell_id, spec) for cell_id, spec in db.execute("SELECT cell_id, spec FROM cells")]
         finally:
