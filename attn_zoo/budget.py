@@ -38,7 +38,7 @@ class BudgetOutOfReach(AttnZooError, ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Budget:
+class BudgetConfig:
     """``metric`` in params | macs | latency | none; ``target`` in its unit (parameters, MACs per image,
     milliseconds per batch); ``resolution`` for macs/latency (default: the model's img_size);
     ``tolerance``: allowed relative error; ``strict``: a target out of reach fails the cell (else the
@@ -63,6 +63,9 @@ class Budget:
             raise ConfigError(f"budget resolution must be a positive integer, got {self.resolution!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"budget batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+Budget = BudgetConfig  # the name before cell specs were typed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +246,7 @@ def _rel(achieved: float | None, target: float) -> float:
 
 def match_budget(
     config: ModelConfig,
-    budget: Budget,
+    budget: BudgetConfig,
     measure: Callable[[ModelConfig], float] | None = None,
 ) -> BudgetMatch:
     """Size ``config`` to ``budget``: width first, then depth. ``measure`` overrides the metric (tests)."""
@@ -273,7 +276,9 @@ def match_budget(
     return BudgetMatch(best, budget.metric, target, achieved, ok, message, value.evaluations, tol)
 
 
-def _out_of_reach(config: ModelConfig, best: ModelConfig, budget: Budget, achieved: float, value: _Counter) -> str:
+def _out_of_reach(
+    config: ModelConfig, best: ModelConfig, budget: BudgetConfig, achieved: float, value: _Counter
+) -> str:
     mech = "+".join(config.mechanisms())
     what = f"budget {budget.metric} target {budget.target:.4g} is out of reach for {mech!r} on {config.name!r}"
     shape = f"dims {list(best.dims)}, depths {list(best.depths)}"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from attn_zoo.errors import ConfigError, KnobError, UnknownNameError
 from attn_zoo.names import Registry
+from attn_zoo.typecheck import convert, type_name, union_args
 
 if TYPE_CHECKING:  # imported where used: the CLI reads this module without loading torch
     import importlib.metadata
@@ -61,16 +62,16 @@ class KnobSpec:
 
     @property
     def choices(self) -> tuple[Any, ...] | None:
-        lits = [a for a in _union_args(self.annotation) if typing.get_origin(a) is Literal]
+        lits = [a for a in union_args(self.annotation) if typing.get_origin(a) is Literal]
         return tuple(c for lit in lits for c in typing.get_args(lit)) or None
 
     @property
     def type_name(self) -> str:
-        return _type_name(self.annotation)
+        return type_name(self.annotation)
 
     def validate(self, value: Any, owner: str) -> Any:
         """Return ``value`` converted to the knob's type, or raise ``KnobError`` saying what is allowed."""
-        ok, converted = _convert(value, self.annotation)
+        ok, converted = convert(value, self.annotation)
         if not ok:
             raise KnobError(
                 f"{owner}: knob {self.name!r} got {value!r} ({type(value).__name__}); allowed: {self.type_name}"
@@ -142,8 +143,9 @@ _PLUGIN_FILES: dict[Path, list[str]] = {}  # resolved path -> names the file reg
 _LOADED = {"builtins": False, "entry_points": False}
 _BUILTIN_PACKAGE = "attn_zoo.mechanisms"
 PLUGINS_ENV = "ATTN_ZOO_PLUGINS"
-"""Environment variable: plugin files (``os.pathsep``-separated) every process loads on first use. The files
-named by ``--plugin`` or a suite's ``[suite] plugins`` are appended, so the cell workers load them too."""
+"""Environment variable: plugin files (``os.pathsep``-separated) every process loads on first use, set by the
+user. Nothing here writes it: the files given with ``--plugin`` travel to worker processes as arguments
+(``Cell.plugins``, the cell worker's ``--plugin``, the memory worker's job)."""
 
 
 def register_mechanism(
@@ -204,7 +206,7 @@ def _ensure_loaded() -> None:
         for item in os.environ.get(PLUGINS_ENV, "").split(os.pathsep):
             if item:
                 try:
-                    load_plugin_file(item, export=False)
+                    load_plugin_file(item)
                 except ConfigError as exc:  # like a broken entry point: report it, load the rest
                     _report(f"file {item}", f"{exc} (named in ${PLUGINS_ENV})")
 
@@ -277,12 +279,12 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint, before: Mapping[str, Me
     return sorted(set(_REGISTRY) - set(before)) or [ep.name]
 
 
-def load_plugin_file(path: str | Path, *, export: bool = True) -> list[str]:
+def load_plugin_file(path: str | Path) -> list[str]:
     """Import a local Python file that registers mechanisms (``@register_mechanism``); return their names.
 
     Loading the same file again returns the same names without running it twice; a file that is the
-    source of an installed plugin's module (an editable install) reuses that module. With ``export``
-    the file is appended to ``$ATTN_ZOO_PLUGINS`` so the worker processes of a suite load it as well.
+    source of an installed plugin's module (an editable install) reuses that module. The process's
+    environment is left alone: a worker process that needs the file is given it (``Cell.plugins``).
     Raises :class:`ConfigError` naming the file when it is missing or fails to import (whatever it
     registered before failing is removed).
     """
@@ -299,10 +301,6 @@ def load_plugin_file(path: str | Path, *, export: bool = True) -> list[str]:
     # a file may register no mechanism (a preset or a data source instead): not an error here
     _PLUGIN_FILES[resolved] = names
     _PLUGIN_ERRORS.pop(f"file {path}", None)
-    if export:
-        current = [p for p in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if p]
-        if str(resolved) not in current:
-            os.environ[PLUGINS_ENV] = os.pathsep.join([*current, str(resolved)])
     return names
 
 
@@ -465,84 +463,15 @@ def _arg_docs(doc: str) -> dict[str, str]:
     return out
 
 
-# -- type checking of knob values -----------------------------------------------------------------------
-def _union_args(annotation: Any) -> tuple[Any, ...]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def _type_name(annotation: Any) -> str:
-    parts = []
-    for a in _union_args(annotation):
-        origin = typing.get_origin(a)
-        if a is type(None):
-            parts.append("none")
-        elif origin is Literal:
-            parts.append(" | ".join(repr(c) for c in typing.get_args(a)))
-        elif origin is tuple:
-            args = typing.get_args(a)
-            if len(args) == 2 and args[1] is Ellipsis:
-                parts.append(f"list of {_type_name(args[0])}")
-            else:
-                parts.append(f"list of {len(args)} {' / '.join(sorted({_type_name(x) for x in args}))}")
-        else:
-            parts.append(getattr(a, "__name__", str(a)))
-    return " or ".join(parts)
-
-
-def _convert(value: Any, annotation: Any) -> tuple[bool, Any]:
-    for a in _union_args(annotation):
-        ok, out = _convert_one(value, a)
-        if ok:
-            return True, out
-    return False, None
-
-
-def _convert_one(value: Any, a: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(a)
-    if a is type(None):
-        return value is None, None
-    if a is Any:
-        return True, value
-    if origin is Literal:
-        choices = typing.get_args(a)
-        return (value in choices and type(value) in {type(c) for c in choices}), value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False, None
-        args = typing.get_args(a)
-        if len(args) == 2 and args[1] is Ellipsis:
-            items = [_convert(v, args[0]) for v in value]
-        else:
-            if len(value) != len(args):
-                return False, None
-            items = [_convert(v, t) for v, t in zip(value, args)]
-        if not all(ok for ok, _ in items):
-            return False, None
-        return True, tuple(v for _, v in items)
-    if a is bool:
-        return isinstance(value, bool), value
-    if a is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if a is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else None
-    if a is str:
-        return isinstance(value, str), value
-    return isinstance(value, a), value
-
-
 @contextlib.contextmanager
 def isolated_registry() -> Iterator[None]:
-    """Undo every registration, plugin load and ``$ATTN_ZOO_PLUGINS`` change made inside the block.
+    """Undo every registration and plugin load made inside the block.
 
     For tests that register throw-away mechanisms or load plugin files: the process's registry is as before.
     """
     _ensure_loaded()
     saved = (dict(_REGISTRY), dict(_PLUGIN_ERRORS), dict(_PLUGIN_FILES), dict(_LOADED))
     names = {spec.cls: spec.cls.__dict__.get("name") for spec in _REGISTRY.values()}
-    env = os.environ.get(PLUGINS_ENV)
     try:
         yield
     finally:
@@ -551,7 +480,3 @@ def isolated_registry() -> Iterator[None]:
             store.update(old)
         for cls, name in names.items():
             cls.name = name or ""
-        if env is None:
-            os.environ.pop(PLUGINS_ENV, None)
-        else:
-            os.environ[PLUGINS_ENV] = env

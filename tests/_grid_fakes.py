@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attn_zoo.train.spec import CellSpec
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
@@ -66,18 +68,17 @@ def noise(*parts: Any) -> float:
     return int.from_bytes(digest[:4], "little") / 2**31 - 1.0
 
 
-def fake_metrics(spec: dict) -> dict[str, float]:
+def fake_metrics(spec: CellSpec) -> dict[str, float]:
     """Plausible numbers: cost grows with resolution (quadratically in tokens for global attention)."""
-    model = spec["model"]
-    label, seed = spec["label"], spec["seed"]
-    img = model["img_size"]
-    tokens = (img / model["patch_size"]) ** 2
-    width = sum(model["dims"])
-    knobs = spec.get("knobs") or {}
-    window = knobs.get("window", 4)
+    model = spec.model
+    label, seed = spec.label, spec.seed
+    img = model.img_size
+    tokens = (img / model.patch_size) ** 2
+    width = sum(model.dims)
+    window = spec.knobs.get("window", 4)
     quadratic = label == "global"
     macs = width * 1e4 * tokens * (1 + (tokens / 256 if quadratic else window / 8))
-    latency = macs / 5e6 * (1 + 0.02 * noise(spec["label"], img, seed, "lat"))
+    latency = macs / 5e6 * (1 + 0.02 * noise(spec.label, img, seed, "lat"))
     return {
         "params": float(width * width * 10),
         "macs": macs,
@@ -90,7 +91,7 @@ def fake_metrics(spec: dict) -> dict[str, float]:
 
 
 def fake_runner(cell) -> dict[str, Any]:
-    return {"status": "ok", "reason": None, "metrics": fake_metrics(dict(cell.spec))}
+    return {"status": "ok", "reason": None, "metrics": fake_metrics(cell.spec)}
 
 
 def logging_runner(log: Path, sleep_s: float = 0.0):
@@ -166,8 +167,8 @@ def erf_runner(cell, artifact_dir: Path) -> dict[str, Any]:
     import numpy as np
 
     result = fake_runner(cell)
-    size = cell.spec["model"]["img_size"]
-    sigma = 3.0 * (cell.spec.get("knobs") or {}).get("window", 6) / 2
+    size = cell.spec.model.img_size
+    sigma = 3.0 * cell.spec.knobs.get("window", 6) / 2
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
     erf = np.exp(-(xx**2 + yy**2) / (2 * sigma**2)).astype(np.float32)
     artifact_dir.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,7 @@ def test_count_backend_is_forced_and_reported(capsys):
 
 def test_run_backend_reaches_every_cell_as_model_backend():
     suite = load_suite(TINY, {"model.backend": "reference"})
-    assert {c.spec["model"]["backend"] for c in suite.cells} == {"reference"}
+    assert {c.spec.model.backend for c in suite.cells} == {"reference"}
 
 
 @pytest.mark.parametrize(

@@ -59,11 +59,11 @@ def write_pf_suite(directory: Path, root: str) -> Path:
 def test_a_relative_data_root_resolves_against_the_suite_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     suite = load_suite(write_pf_suite(tmp_path / "suites", "data/pf"))
-    assert suite.cells[0].spec["data"]["root"] == str(tmp_path / "suites" / "data" / "pf")
+    assert suite.cells[0].spec.data.root == str(tmp_path / "suites" / "data" / "pf")
     absolute = load_suite(write_pf_suite(tmp_path / "s2", str(tmp_path / "abs")))
-    assert absolute.cells[0].spec["data"]["root"] == str(tmp_path / "abs")  # absolute paths stay as written
+    assert absolute.cells[0].spec.data.root == str(tmp_path / "abs")  # absolute paths stay as written
     typed = load_suite(tmp_path / "suites" / "pf.toml", {"data.root": "mine"})  # a command line's: the cwd's
-    assert typed.cells[0].spec["data"]["root"] == str(tmp_path / "mine")
+    assert typed.cells[0].spec.data.root == str(tmp_path / "mine")
 
 
 @pytest.mark.parametrize("root", ["../x", "a/../../x", "..", "ok/.."])

@@ -26,7 +26,7 @@ def store_with(tmp_path, name, change):
 
 
 def window(cell):
-    return (cell.spec.get("knobs") or {}).get("window")
+    return cell.spec.knobs.get("window")
 
 
 def moved(cell, result):

@@ -105,7 +105,7 @@ def test_store_from_the_first_release_opens_and_resumes(tmp_path):
     db.execute(
         "INSERT INTO cells (cell_id, suite, label, mechanism, seed, spec, status, attempts, worker) "
         "VALUES (?, 'fake', ?, ?, 0, ?, 'ok', 1, 'vm:1')",
-        (done.cell_id, done.label, done.mechanism, json.dumps(dict(done.spec))),
+        (done.cell_id, done.label, done.mechanism, json.dumps(done.spec.to_dict())),
     )
     db.execute("INSERT INTO metrics VALUES (?, 'val_top1', 71.5)", (done.cell_id,))
     db.commit()

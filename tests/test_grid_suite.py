@@ -100,15 +100,15 @@ def test_precedence_defaults_then_overrides_then_grid(tmp_path):
         """,
     )
     cells = {c.label: c for c in load_suite(path).cells}
-    assert cells["global"].spec["train"]["lr"] == 1e-3
-    assert cells["swin"].spec["train"]["lr"] == 5e-4
-    assert cells["swin"].spec["model"]["drop_path_rate"] == 0.0
-    assert cells["global"].spec["model"]["drop_path_rate"] == 0.05  # the preset's
-    assert cells["swin"].spec["knobs"] == {"window": 4}
+    assert cells["global"].spec.train.lr == 1e-3
+    assert cells["swin"].spec.train.lr == 5e-4
+    assert cells["swin"].spec.model.drop_path_rate == 0.0
+    assert cells["global"].spec.model.drop_path_rate == 0.05  # the preset's
+    assert cells["swin"].spec.knobs == {"window": 4}
     # a grid factor beats both the override and the per-mechanism knob table
     swept = load_suite(path, {"grid.train.lr": [1e-2], "grid.knobs.window": [2]})
     swin = next(c for c in swept.cells if c.label == "swin")
-    assert swin.spec["train"]["lr"] == 1e-2 and swin.spec["knobs"] == {"window": 2}
+    assert swin.spec.train.lr == 1e-2 and swin.spec.knobs == {"window": 2}
 
 
 def test_sections_as_factors_datasets_and_budgets(tmp_path):
@@ -131,9 +131,9 @@ def test_sections_as_factors_datasets_and_budgets(tmp_path):
     variants = sorted(c.variant for c in cells)
     assert variants[0] == "data=bars16, budget=metric=params target=200000"
     assert "data=bars32, budget=small" in variants
-    assert {c.spec["data"]["resolution"] for c in cells} == {16, 32}
-    assert all(c.spec["data"]["train_size"] == 64 for c in cells)  # merged over the section, not replacing it
-    assert {c.spec["budget"]["target"] for c in cells} == {1e5, 2e5}
+    assert {c.spec.data.options["resolution"] for c in cells} == {16, 32}
+    assert all(c.spec.data.train_size == 64 for c in cells)  # merged over the section, not replacing it
+    assert {c.spec.budget.target for c in cells} == {1e5, 2e5}
 
 
 def test_include_merges_and_this_file_wins(tmp_path):

@@ -18,7 +18,7 @@ of its own rank)::
     registry                 the mechanism registry (knobs, plugins, entry points)
     mechanisms.base          the Mixer contract
     layers                   shared building blocks (attention kernels, windows, neighbourhoods, stems)
-    names | paths            the generic name registry | safe file writes
+    names | paths | typecheck  the generic name registry | safe file writes | values against type hints
     errors                   the exception classes
 """
 
@@ -50,6 +50,7 @@ RANKS = {
     "attn_zoo.layers": 2,
     "attn_zoo.names": 1,
     "attn_zoo.paths": 1,
+    "attn_zoo.typecheck": 1,
     "attn_zoo.errors": 0,
 }
 

@@ -124,8 +124,8 @@ def test_measure_table_errors_name_key_value_and_allowed(table, message):
 
 def test_measure_table_defaults_and_int_for_float():
     spec = resolve_measure({"time_cap_s": 5})
-    assert spec["time_cap_s"] == 5.0 and isinstance(spec["time_cap_s"], float)
-    assert {k: v for k, v in spec.items() if k != "time_cap_s"} == {
+    assert spec.time_cap_s == 5.0 and isinstance(spec.time_cap_s, float)
+    assert {k: v for k, v in spec.to_dict().items() if k != "time_cap_s"} == {
         k: v for k, v in MEASURE_DEFAULTS.items() if k != "time_cap_s"
     }
 

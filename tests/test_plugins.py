@@ -119,7 +119,7 @@ def test_entry_point_name_must_match_the_decorated_name(tmp_path, monkeypatch):
     assert "real_name" not in attn_zoo.list_mechanisms()  # a failed plugin leaves nothing half-registered
 
 
-def test_plugin_file_registers_once_and_exports_to_workers(tmp_path, monkeypatch):
+def test_plugin_file_registers_once_and_leaves_the_environment_alone(tmp_path, monkeypatch):
     monkeypatch.delenv(PLUGINS_ENV, raising=False)
     path = write(tmp_path / "my_plugin.py", SCALE.format(name="scale_file"))
     assert load_plugin_file(path) == ["scale_file"]
@@ -127,7 +127,7 @@ def test_plugin_file_registers_once_and_exports_to_workers(tmp_path, monkeypatch
     spec = attn_zoo.list_mechanisms()["scale_file"]
     assert spec.source == f"file {path.resolve()}"
     assert path.resolve() in registry.plugin_files()
-    assert os.environ[PLUGINS_ENV] == str(path.resolve())
+    assert PLUGINS_ENV not in os.environ  # workers are given their plugin files as arguments
     m = attn_zoo.create_mechanism("scale_file", dim=8, num_heads=2, gain=3.0)
     assert m.gain == 3.0
 
@@ -179,13 +179,45 @@ def test_cli_plugin_option(tmp_path, capsys, where):
     assert info["mechanisms"]["scale_cli"]["knobs"]["gain"]["doc"] == "the constant."
 
 
-def test_cli_plugin_files_reach_the_environment_for_that_command_only(tmp_path, monkeypatch, capsys):
+def test_cli_plugin_files_never_reach_the_environment(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(PLUGINS_ENV, raising=False)
     path = write(tmp_path / "env_plugin.py", SCALE.format(name="scale_env_cli"))
     seen = []
     monkeypatch.setattr("attn_zoo.cli.list_cmd.run", lambda args: seen.append(os.environ.get(PLUGINS_ENV)) or 0)
     assert main(["--plugin", str(path), "list"]) == 0
-    assert seen == [str(path.resolve())] and PLUGINS_ENV not in os.environ
+    assert seen == [None] and PLUGINS_ENV not in os.environ
+
+
+def test_plugin_files_travel_with_the_cells_to_the_worker_command(tmp_path, monkeypatch):
+    """Suite.plugins / Cell.plugins hold the --plugin files; LocalExecutor appends ``--plugin FILE`` to its
+    worker command and the cell worker (``python -m attn_zoo.grid.cell``) loads them before the cell."""
+    import sys
+
+    from attn_zoo.grid.cell import main as cell_main
+    from attn_zoo.grid.executors import run_cell_in_worker
+
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
+    plugin = write(tmp_path / "travel.py", SCALE.format(name="scale_travel"))
+    suite = tmp_path / "t.toml"
+    suite.write_text('[model]\npreset = "zoo_s32"\n[budget]\nmetric = "none"\n[grid]\nmechanism = ["global"]\n')
+    loaded = load_suite(suite, plugins=(plugin,))
+    assert loaded.plugins == (str(plugin.resolve()),) and loaded.cells[0].plugins == loaded.plugins
+    echo = "import json, sys; json.dump({'status': 'ok', 'metrics': {}, 'argv': sys.argv[1:]}, open(sys.argv[2], 'w'))"
+    result = run_cell_in_worker(loaded.cells[0], artifact_dir=tmp_path / "a", command=[sys.executable, "-c", echo])
+    assert result["argv"][3:] == ["--plugin", str(plugin.resolve())], result
+
+    seen = []
+    monkeypatch.setattr(
+        "attn_zoo.grid.cell.run_cell",
+        lambda spec, artifact_dir=None: (
+            seen.append(spec) or {"status": "ok", "metrics": {}, "mechanisms": sorted(attn_zoo.list_mechanisms())}
+        ),
+    )
+    spec_path, result_path = tmp_path / "spec.json", tmp_path / "result.json"
+    spec_path.write_text(json.dumps(loaded.cells[0].spec.to_dict()))
+    with isolated_registry():
+        assert cell_main([str(spec_path), str(result_path), "--plugin", str(plugin)]) == 0
+    assert "scale_travel" in json.loads(result_path.read_text())["mechanisms"] and seen
 
 
 def test_cli_broken_plugin_is_one_line(tmp_path, capsys):
@@ -286,3 +318,19 @@ def test_plugin_file_that_registers_nothing_is_named_when_its_mechanism_is_asked
     assert main(["--plugin", str(plugin), "check", "plain"]) == 2
     err = capsys.readouterr().err
     assert "unknown mechanism 'plain'" in err and note in err and err.count("\n") == 1
+
+
+def test_the_memory_worker_is_given_its_plugin_files(tmp_path):
+    """The isolated memory worker rebuilds the model in a fresh process: it loads the plugin files it is
+    given (by default the ones loaded here), not ones guessed from the mechanisms' sources."""
+    from attn_zoo.backbone.presets import get_preset
+    from attn_zoo.measure.memory import run_worker
+    from attn_zoo.measure.steps import StepOptions
+
+    plugin = write(tmp_path / "mem_plugin.py", SCALE.format(name="scale_mem"))
+    config = {**get_preset("zoo_s32").to_dict(), "dims": [12, 24, 48, 96], "mixer": "scale_mem", "num_classes": 10}
+    options = StepOptions(batch=1, img_size=32, num_classes=10)
+    out = run_worker(config, ["fwd"], options, threads=1, plugins=[plugin])
+    assert out["weights_mb"] > 0 and out["peak_mem_fwd_mb"] > 0
+    with pytest.raises(RuntimeError, match="memory worker failed"):
+        run_worker(config, ["fwd"], options, threads=1, plugins=[])

@@ -70,7 +70,7 @@ def test_stored_timed_calls_reach_the_table_and_the_html_page(tmp_path):
     suite = load_suite(write_suite(tmp_path, seeds=2, mechanisms=("global", "swin")))
 
     def runner(cell):
-        metrics = fake_metrics(dict(cell.spec))
+        metrics = fake_metrics(cell.spec)
         base = metrics["latency_median_ms"]
         metrics["latency_fwd_times_ms"] = [base + 0.01 * i for i in range(20)]
         metrics["latency_fwd_converged"] = 0.0 if cell.label == "swin" and cell.seed == 1 else 1.0

@@ -103,7 +103,7 @@ ACC = {
 
 
 def runner(cell, artifact_dir):
-    label, seed = cell.spec["label"], cell.spec["seed"]
+    label, seed = cell.spec.label, cell.spec.seed
     target = np.arange(200) % 10
     pred = target.copy()
     pred[: 20 + 10 * list(ACC).index(label)] = 0  # a few wrong answers, different per mechanism
@@ -170,7 +170,7 @@ def test_report_rejects_an_unknown_baseline(store_path, capsys):
 
 
 def sweep_runner(cell, artifact_dir):
-    label, seed, target = cell.spec["label"], cell.spec["seed"], cell.spec["budget"]["target"]
+    label, seed, target = cell.spec.label, cell.spec.seed, cell.spec.budget.target
     acc = ACC[label][seed] + 2.0 * math.log2(target / 5e6)
     metrics = {"test_top1": acc, "budget_target": target, "budget_tolerance": 0.02}
     metrics["budget_achieved"] = metrics["macs"] = target * (1 + 0.001 * seed)
@@ -197,7 +197,7 @@ def test_accuracy_vs_latency_uses_only_converged_timings(tmp_path):
     from attn_zoo.report.figures import make_figures
 
     def timed_runner(cell, artifact_dir):
-        label, seed = cell.spec["label"], cell.spec["seed"]
+        label, seed = cell.spec.label, cell.spec.seed
         metrics = {"test_top1": ACC[label][seed], "latency_median_ms": 1.0 + seed + (label == "swin")}
         metrics["latency_fwd_converged"] = float(seed < 2)
         return {"status": "ok", "metrics": metrics}

@@ -152,7 +152,7 @@ def test_artifacts_travel_back_when_the_node_cannot_see_the_results_directory(tm
     """No shared file system (no marker): the cell writes on the node, the runner gets the files; with the
     marker the cell writes in place. Paths outside the cell's directory are never shipped or written."""
     command = [sys.executable, "-c", ARTIFACT_WORKER]
-    spec = dict(load_suite(write_suite(tmp_path, seeds=1)).cells[0].spec)
+    spec = load_suite(write_suite(tmp_path, seeds=1)).cells[0].spec.to_dict()
     driver_dir = tmp_path / "results" / "artifacts" / "cell"
     result, shipped = run_on_node(spec, str(driver_dir), "session", command=command)
     assert result["status"] == "ok" and set(shipped) == {"erf"} and shipped["erf"] == ("sub/map.bin", b"\x00erf")

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
 
 from attn_zoo.errors import AttnZooError, ConfigError
-from attn_zoo.registry import PLUGINS_ENV, PluginWarning
+from attn_zoo.registry import PluginWarning
 
 # name -> the one-line help `attn-zoo --help` lists, without importing the command's module (each module's
 # add_parser passes the same line; tests/test_cli_startup.py keeps the two equal)
@@ -103,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if isinstance(getattr(args, "plugin", None), list):  # a command with its own --plugin sees the global ones
         args.plugin = [*args.global_plugins, *args.plugin]
-    # plugin files reach this command's worker processes through the environment, for this command only
-    exported = os.environ.get(PLUGINS_ENV)
     from attn_zoo.errors import Terminated
     from attn_zoo.paths import restore_roots
 
@@ -135,10 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             for text in dict.fromkeys(failed_plugins):
                 if text not in error:
                     print(f"attn-zoo: warning: {text}", file=sys.stderr)
-            if exported is None:
-                os.environ.pop(PLUGINS_ENV, None)
-            else:
-                os.environ[PLUGINS_ENV] = exported
 
 
 def _collecting(into: list[str], show):

@@ -25,9 +25,10 @@ from attn_zoo.cli._format import parse_knobs, print_json, table
 from attn_zoo.errors import AttnZooError, ConfigError, UnknownNameError
 from attn_zoo.measure.environment import environment
 from attn_zoo.measure.memory import METHODS
-from attn_zoo.measure.profile import is_oom, measure_model, resolve_measure
+from attn_zoo.measure.profile import is_oom, measure_model
 from attn_zoo.measure.steps import DTYPES, MODES
 from attn_zoo.registry import list_mechanisms
+from attn_zoo.train.spec import CellSpec, build_cell_spec
 
 _MODE_FLAGS = {"fwd": "latency", "fwdbwd": "forward_backward", "train": "train_step"}
 
@@ -94,7 +95,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
+def build_cells(args: argparse.Namespace) -> list[CellSpec]:
     """Resolve every (target, img_size, batch) into a cell spec, checking everything before any compute."""
     mechanisms, presets = list_mechanisms(), list_presets()
     for target in args.targets:
@@ -155,21 +156,15 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
             for img_size in args.img_size or [config.img_size]:
                 sized = path_config.replace(img_size=img_size).validate()
                 for batch in args.batch:
-                    measure = resolve_measure({**measure_base, "batch_size": batch})
                     cells.append(
-                        {
-                            "label": target,
-                            "mechanism": "+".join(sized.mechanisms()),
-                            "preset": preset,
-                            "knobs": MixerSpec(target, knobs if is_mechanism else {}).to_dict()["knobs"],
-                            "model": sized.to_dict(),
-                            "data": None,
-                            "train": None,
-                            "budget": None,
-                            "measure": measure,
-                            "seed": 0,
-                            "bench_run": run_id,  # every invocation is new rows: repeated runs stay comparable
-                        }
+                        build_cell_spec(
+                            sized,
+                            label=target,
+                            knobs=knobs if is_mechanism else {},
+                            preset=preset,
+                            measure={**measure_base, "batch_size": batch},
+                            bench_run=run_id,  # every invocation is new rows: repeated runs stay comparable
+                        )
                     )
     return cells
 
@@ -177,7 +172,6 @@ def build_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from attn_zoo.backbone.config import ModelConfig
     from attn_zoo.backbone.harness import Backbone
     from attn_zoo.grid.store import Store
     from attn_zoo.grid.suite import Cell
@@ -200,9 +194,8 @@ def run(args: argparse.Namespace) -> int:
         for cell_id, cell in zip(ids, cells):
             if store is not None and not store.claim(cell_id, run_id, retry_failed=False):
                 continue
-            config = ModelConfig.from_dict(cell["model"])
-            measure = cell["measure"]
-            print(f"bench {cell['label']} at {config.img_size}, batch {measure['batch_size']} ...", file=sys.stderr)
+            config, measure = cell.model, cell.measure
+            print(f"bench {cell.label} at {config.img_size}, batch {measure.batch_size} ...", file=sys.stderr)
             start = time.perf_counter()
             status, reason, metrics, backends = "ok", None, {}, []
             try:
@@ -224,8 +217,8 @@ def run(args: argparse.Namespace) -> int:
                 from attn_zoo.grid.provenance import cell_code
 
                 store.finish_cell(cell_id, status, metrics, reason, env, backends, code=cell_code(cell))
-            rows.append({"cell_id": cell_id, "label": cell["label"], "status": status, "reason": reason,
-                         "img_size": config.img_size, "batch": measure["batch_size"], "backend": config.backend,
+            rows.append({"cell_id": cell_id, "label": cell.label, "status": status, "reason": reason,
+                         "img_size": config.img_size, "batch": measure.batch_size, "backend": config.backend,
                          "backends": backends, "metrics": metrics, "environment": env})  # fmt: skip
     finally:
         if store is not None and run_id is not None:

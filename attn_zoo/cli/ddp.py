@@ -112,16 +112,16 @@ def run_distributed(args: argparse.Namespace) -> int:
         return 0
     cell = pick_cell(suite, args.cell)
     spec = cell.spec
-    if not spec.get("train"):
+    if spec.train is None:
         raise ConfigError(f"cell {cell.cell_id} has no [train] section: nothing to train in parallel")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    batch = int(spec["train"]["batch_size"])
+    batch = spec.train.batch_size
     if batch % world:
         raise ConfigError(
             f"train.batch_size {batch} (the global batch) is not divisible by the {world} processes; "
             f"use a multiple of {world}, e.g. --set train.batch_size={max(world, batch // world * world)}"
         )
-    device = str(spec["measure"].get("device", "cpu"))
+    device = spec.measure.device
     if device.startswith("cuda"):
         if device != "cuda" and world > 1:
             raise ConfigError(

@@ -1,6 +1,7 @@
 """What one cell does, inside its own worker process: size the model to the budget, count, time, train.
 
-Run as ``python -m attn_zoo.grid.cell SPEC.json RESULT.json [ARTIFACT_DIR]``; the exit code and the result
+Run as ``python -m attn_zoo.grid.cell SPEC.json RESULT.json [ARTIFACT_DIR] [--plugin FILE ...]`` (the
+plugin files are loaded before the cell runs, :attr:`Cell.plugins`); the exit code and the result
 file tell the runner what happened. Outcomes: ``ok``, ``diverged`` (loss not finite, with the step), ``oom``
 (out of memory), ``failed`` (anything else, with the reason). Files a cell writes (e.g. an ERF map) go under
 ``ARTIFACT_DIR`` and are named in ``result["artifacts"]`` as ``{name: path}``; the runner records them.
@@ -19,22 +20,25 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attn_zoo.backbone.config import ModelConfig
 from attn_zoo.backbone.harness import Backbone
-from attn_zoo.budget import Budget, match_budget
+from attn_zoo.budget import BudgetConfig, match_budget
 from attn_zoo.measure import machine
 from attn_zoo.measure.efficiency import training_efficiency
 from attn_zoo.measure.environment import environment
 from attn_zoo.measure.profile import is_oom, measure_after_training, measure_model
 from attn_zoo.train.recipe import Diverged, seed_everything
 from attn_zoo.train.run import data_row, prepare_data, run_training
+from attn_zoo.train.spec import CellSpec
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
 
 
 def run_cell(
-    spec: Mapping[str, Any], log=None, artifact_dir: str | Path | None = None, distributed: Distributed | None = None
+    spec: CellSpec | Mapping[str, Any],
+    log=None,
+    artifact_dir: str | Path | None = None,
+    distributed: Distributed | None = None,
 ) -> dict[str, Any]:
     """Run one resolved cell and return ``{"status", "metrics", "reason", "environment", "backends", "model",
     "artifacts"}``. ``artifact_dir`` is where the cell may write files (created on first use).
@@ -43,20 +47,21 @@ def run_cell(
     matches the budget (the others take its model), measures and writes; every rank trains."""
     main_rank = distributed is None or distributed.is_main
     artifacts: dict[str, str] = {}
-    measure = spec["measure"]
-    if measure.get("threads"):
-        torch.set_num_threads(int(measure["threads"]))
-    device = torch.device(measure.get("device", "cpu"))
-    config = ModelConfig.from_dict(spec["model"])
+    spec = CellSpec.coerce(spec)
+    measure = spec.measure
+    if measure.threads:
+        torch.set_num_threads(measure.threads)
+    device = torch.device(measure.device)
+    config = spec.model
     metrics: dict[str, float] = {}
 
     data = None
-    if spec.get("data") and spec.get("train"):  # the data fix the classifier's classes and input channels
+    if spec.data is not None and spec.train is not None:  # the data fix the classifier's classes and input channels
         data = prepare_data(spec, config.img_size)
         config = config.replace(num_classes=data.info["num_classes"], in_chans=data.info["in_chans"])
         metrics.update(data_row(data))
 
-    budget = Budget(**spec["budget"])
+    budget = spec.budget or BudgetConfig()
     start = time.perf_counter()
     match = (
         match_budget(config, budget)
@@ -68,7 +73,7 @@ def run_cell(
     if budget.strict and not match.within_tolerance:  # an unmatched model would make an unfair row
         return {"status": "failed", "reason": match.message, "metrics": metrics, "model": config.to_dict()}
 
-    seed_everything(spec["seed"])
+    seed_everything(spec.seed)
     model = Backbone(config).to(device)
     if main_rank:
         metrics.update(measure_model(model, config, measure, device, artifact_dir=artifact_dir, artifacts=artifacts))
@@ -90,7 +95,7 @@ def run_cell(
             artifacts[PREDICTIONS_ARTIFACT] = str(path)
         if trained.status == "ok" and main_rank:
             with machine.measuring():  # the matmul peak it compares against is a timing
-                metrics.update(training_efficiency(metrics, device, measure.get("dtype", "float32")))
+                metrics.update(training_efficiency(metrics, device, measure.dtype))
         if trained.status == "ok" and trained.model is not None and main_rank:
             after = measure_after_training(
                 trained.model,
@@ -106,7 +111,7 @@ def run_cell(
         "status": status,
         "reason": reason,
         "metrics": metrics,
-        "environment": environment(device, measure.get("dtype", "float32")),
+        "environment": environment(device, measure.dtype),
         "backends": backends,
         "model": config.to_dict(),
         "budget_message": match.message,
@@ -129,11 +134,23 @@ def failure_result(exc: BaseException) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else argv
+    args, plugins = [], []
+    items = iter(argv)
+    for arg in items:
+        if arg == "--plugin":
+            plugins.append(next(items))
+        else:
+            args.append(arg)
     spec_path, result_path = Path(args[0]), Path(args[1])
     artifact_dir = Path(args[2]) if len(args) > 2 else None
     spec = json.loads(spec_path.read_text())
     try:
+        if plugins:
+            from attn_zoo.registry import load_plugin_file
+
+            for plugin in plugins:
+                load_plugin_file(plugin)
         result = run_cell(spec, artifact_dir=artifact_dir)
     except BaseException as exc:  # the worker reports every failure to the runner, then exits non-zero
         result = failure_result(exc)

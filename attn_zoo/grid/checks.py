@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from attn_zoo.errors import AttnZooError
 from attn_zoo.train.run import YEAR_S
+from attn_zoo.typecheck import fits, type_name
 
 
 class SuiteError(AttnZooError, ValueError):
@@ -41,59 +41,16 @@ def show(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-def type_ok(value: Any, ann: Any) -> bool:
-    if ann is Any:
-        return True
-    origin = typing.get_origin(ann)
-    if origin in (typing.Union, types.UnionType):
-        return any(type_ok(value, a) for a in typing.get_args(ann))
-    if ann is type(None):
-        return value is None
-    if ann is bool:
-        return isinstance(value, bool)
-    if ann is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if ann is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ann is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        args = typing.get_args(ann)
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(type_ok(v, args[0]) for v in value)
-        return len(args) == len(value) and all(type_ok(v, a) for v, a in zip(value, args))
-    if origin in (dict, Mapping) or ann in (dict, Mapping):
-        return isinstance(value, dict)
-    return True
-
-
-def type_name(ann: Any) -> str:
-    origin = typing.get_origin(ann)
-    if origin in (typing.Union, types.UnionType):
-        names = [type_name(a) for a in typing.get_args(ann) if a is not type(None)]
-        return " or ".join(names)
-    if origin is tuple:
-        args = typing.get_args(ann)
-        inner = type_name(args[0]) if args else "value"
-        return f"a list of {inner.removeprefix('an ').removeprefix('a ')}s"
-    return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(
-        ann, getattr(ann, "__name__", str(ann))
-    )
-
-
 def section_fields(section: str) -> dict[str, Any]:
     """Field name -> type annotation of the config behind ``section``."""
     from attn_zoo.backbone.config import ModelConfig
-    from attn_zoo.budget import Budget
+    from attn_zoo.budget import BudgetConfig
     from attn_zoo.data.config import DataConfig
-    from attn_zoo.measure.profile import MEASURE_DEFAULTS
+    from attn_zoo.measure.profile import MeasureConfig
     from attn_zoo.train.recipe import TrainConfig
 
-    if section == "measure":
-        return {k: type(v) for k, v in MEASURE_DEFAULTS.items()}
-    cls = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "budget": Budget}[section]
+    classes = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "budget": BudgetConfig}
+    cls = {**classes, "measure": MeasureConfig}[section]
     hints = typing.get_type_hints(cls)
     fields = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
     if section == "data":
@@ -132,8 +89,8 @@ def check_output_dir(path: Path, key: str, value: Any) -> None:
 
 def check_value(path: Path, key: str, value: Any, ann: Any) -> None:
     check_plain(path, key, value)
-    if not type_ok(value, ann):
-        raise SuiteError(path, key, f"must be {type_name(ann)}, got {show(value)}")
+    if not fits(value, ann):
+        raise SuiteError(path, key, f"must be {type_name(ann, 'prose')}, got {show(value)}")
 
 
 def check_plain(path: Path, key: str, value: Any) -> None:

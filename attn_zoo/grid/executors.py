@@ -149,7 +149,8 @@ class LocalExecutor:
 
     A crash, out-of-memory, NaN or hang fails that cell only. ``timeout_s`` stops a cell that runs too long;
     ``memory_limit_mb`` caps each worker's memory (Linux). ``command`` replaces the worker command line
-    (it gets ``SPEC.json RESULT.json ARTIFACT_DIR`` appended).
+    (it gets ``SPEC.json RESULT.json ARTIFACT_DIR`` appended, then ``--plugin FILE`` for each of the cell's
+    plugin files, :attr:`Cell.plugins`).
 
     ``work_root`` (the runner passes ``<results>/.cells``) holds each cell's working directory (spec, result,
     log, progress) under one directory per runner; directories of runners that are dead are removed when
@@ -201,11 +202,18 @@ class LocalExecutor:
     def submit(self, cell: Cell, artifact_dir: Path) -> Any:
         tmp = self._cell_dir()
         spec_path, result_path = tmp / "spec.json", tmp / "result.json"
-        spec_path.write_text(json.dumps(dict(cell.spec)))
+        spec_path.write_text(json.dumps(cell.spec.to_dict()))
         # output to a file, not a pipe: a chatty worker never blocks
         with open(tmp / "worker.log", "wb") as log:
             proc = subprocess.Popen(
-                [*worker_prefix(self.machine_lock), *self.command, str(spec_path), str(result_path), str(artifact_dir)],
+                [
+                    *worker_prefix(self.machine_lock),
+                    *self.command,
+                    str(spec_path),
+                    str(result_path),
+                    str(artifact_dir),
+                    *plugin_args(cell.plugins),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -353,6 +361,11 @@ def _tail(path: Path, lines: int = 40) -> list[str]:
     except OSError:
         return []
     return [line.rstrip() for line in text.strip().splitlines()[-lines:] if line.strip()]
+
+
+def plugin_args(plugins: Sequence[str]) -> list[str]:
+    """``--plugin FILE`` for each plugin file a cell's worker loads before it runs the cell."""
+    return [arg for file in plugins for arg in ("--plugin", str(file))]
 
 
 def run_cell_in_worker(

@@ -107,8 +107,8 @@ def mechanism_fingerprint(name: str) -> tuple[str, str | None]:
     return _sha([module_source(module_name)]), _distribution(module_name)
 
 
-def cell_code(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The code mapping of a resolved cell (see the module docstring)."""
+def cell_code(spec: Any) -> dict[str, Any]:
+    """The code mapping of a resolved cell (a ``CellSpec`` or its dict; see the module docstring)."""
     mechanisms: dict[str, str] = {}
     plugins: dict[str, str] = {}
     for name in _mechanisms_of(spec):
@@ -140,9 +140,10 @@ def changed_parts(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list
     return parts or ["the set of mechanisms"]
 
 
-def _mechanisms_of(spec: Mapping[str, Any]) -> list[str]:
+def _mechanisms_of(spec: Any) -> list[str]:
     from attn_zoo.registry import list_mechanisms
 
     known = set(list_mechanisms())
-    names = str(spec.get("mechanism") or "").split("+")
+    mechanism = spec.get("mechanism") if isinstance(spec, Mapping) else spec.mechanism
+    names = str(mechanism or "").split("+")
     return sorted({n for n in names if n in known})

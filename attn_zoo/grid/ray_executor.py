@@ -20,8 +20,9 @@ Files: the cell writes its artifacts straight into the results directory when th
 machine, or a shared file system; told by a marker file the runner writes there first); otherwise into a
 temporary directory on the node, and the named artifacts travel back with the result.
 
-Plugins: plugin files loaded with ``--plugin`` reach the cells through ``$ATTN_ZOO_PLUGINS``, set in the Ray
-workers by the task's ``runtime_env`` ``env_vars``; the files must exist at the same path on every node.
+Plugins: the plugin files given with ``--plugin`` travel with each cell (:attr:`Cell.plugins`, a task argument)
+and the node's cell worker loads them; a ``$ATTN_ZOO_PLUGINS`` the user set is passed on in the task's
+``runtime_env`` ``env_vars``. The files must exist at the same path on every node.
 
 Ray is an optional extra (``pip install 'attn-zoo[ray]'``), imported only when this executor is created.
 """
@@ -188,10 +189,16 @@ class RayExecutor:
 
         artifact_dir = make_dir(Path(artifact_dir).absolute())  # checked against the run's write roots
         write_text(artifact_dir / MARKER, self._session)
-        plugins = os.environ.get(PLUGINS_ENV)
-        task = self._task.options(runtime_env={"env_vars": {PLUGINS_ENV: plugins}}) if plugins else self._task
+        user_plugins = os.environ.get(PLUGINS_ENV)  # the user's own setting, as on this machine
+        task = self._task.options(runtime_env={"env_vars": {PLUGINS_ENV: user_plugins}}) if user_plugins else self._task
         ref = task.remote(
-            dict(cell.spec), str(artifact_dir), self._session, self.timeout_s, self.memory_limit_mb, self.command
+            cell.spec.to_dict(),
+            str(artifact_dir),
+            self._session,
+            self.timeout_s,
+            self.memory_limit_mb,
+            self.command,
+            list(cell.plugins),
         )
         token = next(self._tokens)
         self._running[ref] = (token, artifact_dir)
@@ -266,8 +273,10 @@ def run_on_node(
     timeout_s: float | None = None,
     memory_limit_mb: int | None = None,
     command: Sequence[str] | None = None,
+    plugins: Sequence[str] = (),
 ) -> tuple[Result, dict[str, tuple[str, bytes]] | None]:
     """The Ray task: run one cell in its own process on this node; returns ``(result, shipped)``.
+    ``plugins``: the plugin files the cell's worker loads (``--plugin``).
 
     ``shipped`` is ``None`` when the cell wrote into the runner's ``artifact_dir`` (this node sees it: its
     marker holds ``session``), else ``{name: (relative path, bytes)}`` of the named artifacts, written from a
@@ -281,7 +290,9 @@ def run_on_node(
     local = target if shared else Path(tempfile.mkdtemp(prefix="attn_zoo_ray_cell_"))
     try:
         # timing owns the machine per node: this node's cells share one lock in its temporary directory
-        result = run_cell_in_worker(Cell(spec), timeout_s, memory_limit_mb, local, command, lock_dir_for_node())
+        result = run_cell_in_worker(
+            Cell(spec, tuple(plugins)), timeout_s, memory_limit_mb, local, command, lock_dir_for_node()
+        )
         return (result, None) if shared else pack_artifacts(result, local)
     finally:
         if not shared:

@@ -231,7 +231,7 @@ def _codes(suite: Suite) -> dict[str, dict[str, Any]]:
     by_mechanisms: dict[str, dict[str, Any]] = {}
     out = {}
     for cell in suite.cells:
-        key = str(cell.spec.get("mechanism"))
+        key = str(cell.spec.mechanism)
         if key not in by_mechanisms:
             by_mechanisms[key] = cell_code(cell.spec)
         out[cell.cell_id] = by_mechanisms[key]
@@ -283,7 +283,7 @@ def _record(
     if dropped:
         reason = (reason + "; " if reason else "") + f"ignored artifacts outside the results directory: {dropped}"
     metrics = dict(result.get("metrics") or {})
-    spec = dict(cell.spec, model=result["model"]) if result.get("model") else None
+    spec = dict(cell.spec.to_dict(), model=result["model"]) if result.get("model") else None
     written = store.finish_cell(
         cell.cell_id,
         status,

@@ -294,7 +294,7 @@ class Store:
                 c.mechanism,
                 c.variant,
                 c.seed,
-                json.dumps(dict(c.spec), sort_keys=True),
+                json.dumps(c.spec.to_dict(), sort_keys=True),
                 json.dumps(c.factors),
             )
             for c in cells
@@ -519,6 +519,8 @@ class Store:
         """
         import pandas as pd
 
+        from attn_zoo.train.spec import spec_columns
+
         records = []
         for row in self.cells(status):
             spec = row["spec"] or {}
@@ -534,10 +536,7 @@ class Store:
                 "status": row["status"],
                 "reason": row["reason"],
                 "attempts": row["attempts"],
-                "img_size": _table(spec.get("model")).get("img_size"),
-                "dims": json.dumps(_table(spec.get("model")).get("dims")),
-                "depths": json.dumps(_table(spec.get("model")).get("depths")),
-                "data": _table(spec.get("data")).get("source"),
+                **spec_columns(spec),
                 "backends": ",".join(row["backends"] or []) if isinstance(row["backends"], list) else None,
                 "device": environment.get("device_name"),
                 "code_fp": row.get("code_fp"),

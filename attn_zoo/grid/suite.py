@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
@@ -65,11 +64,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import attn_zoo
-from attn_zoo.backbone.config import MixerSpec, ModelConfig, parse_knob_value
-from attn_zoo.backbone.presets import list_presets, resolve_config
-from attn_zoo.budget import Budget
-from attn_zoo.data.config import DataConfig
+from attn_zoo.backbone.config import ModelConfig, parse_knob_value
+from attn_zoo.backbone.presets import list_presets
 from attn_zoo.errors import AttnZooError
 from attn_zoo.grid.checks import (
     DATA_PATH_KEYS,
@@ -85,7 +81,7 @@ from attn_zoo.grid.checks import (
 )
 from attn_zoo.measure.profile import MEASURE_DEFAULTS, resolve_measure  # noqa: F401 (re-exported)
 from attn_zoo.registry import PerStage, get_mechanism, list_mechanisms
-from attn_zoo.train.recipe import TrainConfig
+from attn_zoo.train.spec import CellSpec, SpecError, build_cell_spec, cell_hash, config_hash
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,11 +100,19 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 class Cell:
     """One point of the grid, fully resolved: what runs in one worker process and one result row.
 
-    ``spec["factors"]`` holds the grid values that made this cell (for labels and plots); it is not part of
-    the cell's identity.
+    ``spec.factors`` holds the grid values that made this cell (for labels and plots); it is not part of
+    the cell's identity, and neither are ``plugins``: the plugin files the cell's worker loads before it
+    runs (the suite's, as the user passed them with ``--plugin``). A plain dict ``spec`` is read with
+    :meth:`CellSpec.from_dict`.
     """
 
-    spec: Mapping[str, Any]
+    spec: CellSpec
+    plugins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, CellSpec):
+            object.__setattr__(self, "spec", CellSpec.from_dict(self.spec))
+        object.__setattr__(self, "plugins", tuple(str(p) for p in self.plugins))
 
     @property
     def cell_id(self) -> str:
@@ -121,19 +125,19 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return self.spec["label"]
+        return self.spec.label
 
     @property
     def mechanism(self) -> str:
-        return self.spec["mechanism"]
+        return self.spec.mechanism
 
     @property
     def seed(self) -> int:
-        return self.spec["seed"]
+        return self.spec.seed
 
     @property
     def factors(self) -> dict[str, Any]:
-        return dict(self.spec.get("factors") or {})
+        return dict(self.spec.factors or {})
 
     @property
     def variant(self) -> str:
@@ -141,7 +145,7 @@ class Cell:
         return variant_name(self.factors)
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.spec["model"])
+        return self.spec.model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,19 +158,7 @@ class Suite:
     raw: Mapping[str, Any]
     executor: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     factors: tuple[str, ...] = ()
-
-
-def cell_hash(spec: Mapping[str, Any]) -> str:
-    """Hash of the resolved configuration and the code version: a changed cell is a new cell."""
-    core = {k: v for k, v in spec.items() if k != "factors"}
-    payload = json.dumps({"spec": core, "code": attn_zoo.__version__}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def config_hash(spec: Mapping[str, Any]) -> str:
-    """Hash of the resolved configuration without the seed: the key that seeds are aggregated over."""
-    core = {k: v for k, v in spec.items() if k not in ("factors", "seed")}
-    return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    plugins: tuple[str, ...] = ()  # the plugin files given with --plugin (resolved), which every cell carries
 
 
 def variant_name(factors: Mapping[str, Any]) -> str:
@@ -336,11 +328,12 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
     combos = _expand(path, factors, mode)
 
     knob_factors = [k for k, _ in factors if k.startswith("knobs.")]
+    plugin_files = tuple(dict.fromkeys(str(Path(p).resolve()) for p in plugins))
     cells: dict[str, Cell] = {}
     for combo in combos:
         with _cell_context(path, combo):
             spec = _resolve_cell(path, raw, combo, per_mech, overrides, knob_factors, allow_long)
-        cell = Cell(spec)
+        cell = Cell(spec, plugin_files)
         cells.setdefault(cell.cell_id, cell)
     return Suite(
         name,
@@ -351,6 +344,7 @@ def _build(path: Path, raw: Mapping[str, Any], plugins: tuple[str | Path, ...] =
         raw,
         executor,
         tuple(k for k, _ in factors),
+        plugin_files,
     )
 
 
@@ -573,7 +567,7 @@ def _resolve_cell(
     overrides: Mapping[str, Mapping[str, Any]],
     knob_factors: list[str],
     allow_long: bool = False,
-) -> dict[str, Any]:
+) -> CellSpec:
     sections = {s: copy.deepcopy(dict(raw.get(s, {}))) for s in CONFIG_SECTIONS}
     for s in ("data", "budget"):
         sections[s].pop("name", None)
@@ -620,53 +614,29 @@ def _resolve_cell(
         raise SuiteError(path, "model.preset", f"unknown preset {show(preset)}; allowed: {', '.join(list_presets())}")
     seed = combo.get("seed", sections["train"].pop("seed", 0))
     sections["train"].pop("seed", None)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise SuiteError(path, "train.seed", f"seeds must be non-negative integers, got {show(seed)}")
 
-    with _section(path, "model"):
-        config = resolve_config(model_table)
-        if mechanism is not None:
-            config = config.replace(mixer=MixerSpec(mechanism, knobs))
-        config.validate()
     for key in DATA_PATH_KEYS:
         if isinstance(sections["data"].get(key), str) and sections["data"][key]:
             sections["data"][key] = data_path(path, f"data.{key}", sections["data"][key])
-    with _section(path, "data"):
-        data = DataConfig.from_dict(sections["data"]) if sections["data"] else None
-    with _section(path, "train"):
-        train = TrainConfig.from_dict(sections["train"]) if raw.get("train") is not None else None
-    with _section(path, "budget"):
-        budget = Budget(**sections["budget"]) if sections["budget"] else Budget()
-    with _section(path, "measure"):
-        measure = resolve_measure(sections["measure"])
-    with _section(path, "model.backend"):
-        _check_backend_here(config, measure["device"])
-    if train is not None and data is None:
-        raise SuiteError(path, "data", 'training needs a [data] section (e.g. source = "synthetic")')
-    if train is not None and not allow_long:
-        check_duration(path, train, data, measure["device"])
-    return {
-        "label": label,
-        "mechanism": mechanism or "+".join(config.mechanisms()),
-        "preset": preset,
-        "knobs": MixerSpec(label, knobs).to_dict()["knobs"],
-        "model": config.to_dict(),
-        "data": data.to_dict() if data else None,
-        "train": dataclasses.asdict(train) if train else None,
-        "budget": dataclasses.asdict(budget),
-        "measure": measure,
-        "seed": seed,
-        "factors": factors,
-    }
-
-
-def _check_backend_here(config: ModelConfig, device: str) -> None:
-    """A forced backend must be usable on the cell's device, checked before any cell runs; a CUDA device this
-    machine lacks is left to the machine that runs the cell (a cluster's workers)."""
-    import torch
-
-    if device == "cpu" or torch.cuda.is_available():
-        config.check_backend_runs(device)
+    try:
+        spec = build_cell_spec(
+            model_table,
+            label=label,
+            mixer=mechanism,
+            knobs=knobs,
+            preset=preset,
+            data=sections["data"],
+            train=sections["train"] if raw.get("train") is not None else None,
+            budget=sections["budget"],
+            measure=sections["measure"],
+            seed=seed,
+            factors=factors,
+        )
+    except SpecError as exc:
+        raise SuiteError(path, exc.section, exc.message) from None
+    if spec.train is not None and not allow_long:
+        check_duration(path, spec.train, spec.data, spec.measure.device)
+    return spec
 
 
 def _suite_mechanisms(raw: Mapping[str, Any]) -> list[str]:
@@ -678,14 +648,3 @@ def _suite_mechanisms(raw: Mapping[str, Any]) -> list[str]:
     single = model.get("mechanism") if isinstance(model, Mapping) else None
     strings = [n for n in [*names, single] if isinstance(n, str)]
     return [n for n in dict.fromkeys(strings) if n in list_mechanisms()]
-
-
-@contextlib.contextmanager
-def _section(path: Path, section: str) -> Iterator[None]:
-    """Turn a config error inside ``section`` into a SuiteError naming the file and the section."""
-    try:
-        yield
-    except AttnZooError as exc:
-        raise SuiteError(path, section, str(exc)) from None
-    except (TypeError, ValueError, ArithmeticError, KeyError) as exc:
-        raise SuiteError(path, section, f"invalid values: {type(exc).__name__}: {exc}") from None

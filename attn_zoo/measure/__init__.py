@@ -8,10 +8,17 @@ from attn_zoo.measure.environment import environment
 from attn_zoo.measure.erf import erf_map, erf_radii, measure_erf
 from attn_zoo.measure.latency import measure_latency, repeatability
 from attn_zoo.measure.memory import measure_memory
-from attn_zoo.measure.profile import MEASURE_DEFAULTS, measure_after_training, measure_model, resolve_measure
+from attn_zoo.measure.profile import (
+    MEASURE_DEFAULTS,
+    MeasureConfig,
+    measure_after_training,
+    measure_model,
+    resolve_measure,
+)
 
 __all__ = [
     "MEASURE_DEFAULTS",
+    "MeasureConfig",
     "analytic_attention_macs",
     "count_flops",
     "count_model",

@@ -154,11 +154,13 @@ def measure_memory(
     method: str = "auto",
     config: Mapping[str, Any] | None = None,
     threads: int = 0,
+    plugins: Sequence[str | Path] | None = None,
 ) -> dict[str, float]:
     """``peak_mem_<mode>_mb`` for each mode (``fwd``, ``fwdbwd``, ``train``) and ``weights_mb``.
 
     ``method="worker"`` needs ``config`` (a :class:`~attn_zoo.backbone.config.ModelConfig` dict): the worker
-    builds the model from it. The other methods use ``model``.
+    builds the model from it, after loading ``plugins`` (see :func:`run_worker`). The other methods use
+    ``model``.
     """
     device = torch.device(device)
     method = resolve_method(method, device)
@@ -168,7 +170,7 @@ def measure_memory(
     if method == "worker":
         if config is None:
             raise ConfigError("memory method 'worker' needs the model's config (it rebuilds the model)")
-        return run_worker(config, modes, options, threads=threads)
+        return run_worker(config, modes, options, threads=threads, plugins=plugins)
     assert model is not None
     out = {"weights_mb": weights_mb(model)}
     for mode in modes:
@@ -177,26 +179,31 @@ def measure_memory(
 
 
 # -- the isolated worker --------------------------------------------------------------------------------------
-def _plugin_files() -> list[str]:
-    """Local plugin files loaded in this process, so the worker registers the same mechanisms."""
-    from attn_zoo.registry import list_mechanisms
-
-    files = {spec.source[len("file ") :] for spec in list_mechanisms().values() if spec.source.startswith("file ")}
-    return sorted(files)
-
-
 def run_worker(
-    config: Mapping[str, Any], modes: Sequence[str], options: StepOptions, *, threads: int = 0, timeout_s: float = 1800
+    config: Mapping[str, Any],
+    modes: Sequence[str],
+    options: StepOptions,
+    *,
+    threads: int = 0,
+    timeout_s: float = 1800,
+    plugins: Sequence[str | Path] | None = None,
 ) -> dict[str, float]:
-    """Measure in a fresh process (see the module docstring); returns what :func:`measure_memory` returns."""
+    """Measure in a fresh process (see the module docstring); returns what :func:`measure_memory` returns.
+
+    ``plugins``: the plugin files the worker loads before it builds the model, so that it registers the same
+    mechanisms (default: the files loaded in this process, :func:`attn_zoo.registry.plugin_files`)."""
     import dataclasses
 
+    if plugins is None:
+        from attn_zoo.registry import plugin_files
+
+        plugins = plugin_files()
     job = {
         "config": dict(config),
         "modes": list(modes),
         "options": dataclasses.asdict(options),
         "threads": threads or torch.get_num_threads(),
-        "plugins": _plugin_files(),
+        "plugins": [str(p) for p in plugins],
     }
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", PYTHONUNBUFFERED="1")

@@ -8,7 +8,9 @@ model, so the caller's model (weights, mode, dtype, device) is left as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,36 +29,103 @@ from attn_zoo.measure.erf import measure_erf
 from attn_zoo.measure.latency import LATENCY_KEYS, measure_latency
 from attn_zoo.measure.memory import METHODS, call_peak_mb, measure_memory, weights_mb
 from attn_zoo.measure.steps import DTYPES, MODES, StepOptions, make_step, prepare
+from attn_zoo.typecheck import convert, type_name
 
-MEASURE_DEFAULTS: dict[str, Any] = {
+
+@dataclasses.dataclass(frozen=True)
+class MeasureConfig:
+    r"""What a cell measures (``[measure]`` in a suite file): every key typed, with its default.
+
+    Built by :meth:`from_dict` (unknown keys, wrong types and bad values are one-line ``ConfigError``\ s
+    naming the key); :meth:`to_dict` is the plain table a cell spec stores."""
+
     # where and how
-    "device": "cpu",  # "cpu", "cuda" or "cuda:N"
-    "threads": 0,  # torch.set_num_threads; 0 leaves torch's default (recorded either way)
-    "dtype": "float32",  # float32 | bfloat16 | float16: the model's and the input's dtype
-    "amp": False,  # autocast to bfloat16 around the forward pass
-    "channels_last": False,  # channels-last image and conv weights (the stem's and downsamplers' convs)
-    "compile": False,  # torch.compile the model (compilation happens in the warm-up)
-    "batch_size": 1,
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    threads: int = 0  # torch.set_num_threads; 0 leaves torch's default (recorded either way)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the model's and the input's dtype
+    amp: bool = False  # autocast to bfloat16 around the forward pass
+    channels_last: bool = False  # channels-last image and conv weights (the stem's and downsamplers' convs)
+    compile: bool = False  # torch.compile the model (compilation happens in the warm-up)
+    batch_size: int = 1
     # what
-    "count": True,  # params, MACs, FLOPs, attention MACs (FlopCounterMode) and the formula's attention MACs
-    "fvcore": False,  # fvcore_macs cross-check column (TorchScript trace; skips fused attention)
-    "latency": True,  # forward latency and throughput
-    "forward_backward": False,  # latency of forward + backward
-    "train_step": False,  # latency and throughput of a full training step (AdamW)
-    "memory": True,  # peak memory of a forward pass and of a training step
-    "memory_method": "auto",  # auto | cuda | worker | rss (see attn_zoo.measure.memory)
-    "max_batch_mem_mb": 0.0,  # > 0: the largest batch whose forward peak fits this many MiB, and its throughput
-    "efficiency": True,  # achieved GFLOP/s and the fraction of this machine's measured matmul peak
-    "erf": False,  # effective receptive field radii (untrained here; trained after training)
-    "erf_images": 8,
+    count: bool = True  # params, MACs, FLOPs, attention MACs (FlopCounterMode) and the formula's attention MACs
+    fvcore: bool = False  # fvcore_macs cross-check column (TorchScript trace; skips fused attention)
+    latency: bool = True  # forward latency and throughput
+    forward_backward: bool = False  # latency of forward + backward
+    train_step: bool = False  # latency and throughput of a full training step (AdamW)
+    memory: bool = True  # peak memory of a forward pass and of a training step
+    memory_method: str = "auto"  # auto | cuda | worker | rss (see attn_zoo.measure.memory)
+    max_batch_mem_mb: float = 0.0  # > 0: the largest batch whose forward peak fits this many MiB, and its throughput
+    efficiency: bool = True  # achieved GFLOP/s and the fraction of this machine's measured matmul peak
+    erf: bool = False  # effective receptive field radii (untrained here; trained after training)
+    erf_images: int = 8
     # the latency stopping rule
-    "warmup": 3,
-    "repeats": 0,  # > 0: exactly this many timed calls; 0: until target_ci, time_cap_s or max_repeats
-    "min_repeats": 5,
-    "max_repeats": 200,
-    "time_cap_s": 10.0,  # per timed mode, once min_repeats are done
-    "target_ci": 0.02,  # relative half-width of the median's 95% bootstrap CI
-}
+    warmup: int = 3
+    repeats: int = 0  # > 0: exactly this many timed calls; 0: until target_ci, time_cap_s or max_repeats
+    min_repeats: int = 5
+    max_repeats: int = 200
+    time_cap_s: float = 10.0  # per timed mode, once min_repeats are done
+    target_ci: float = 0.02  # relative half-width of the median's 95% bootstrap CI
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any] | None = None) -> MeasureConfig:
+        """Defaults merged with ``table``, every key and value checked; raises ``ConfigError`` naming the key."""
+        table = dict(table or {})
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(table) - set(names))
+        if unknown:
+            raise ConfigError(f"measure.{unknown[0]}: unknown key; allowed: {', '.join(names)}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in table.items():
+            ok, converted = convert(value, hints[key])
+            if not ok:
+                raise ConfigError(f"measure.{key} = {value!r}: must be {type_name(hints[key], 'prose')}")
+            values[key] = converted
+        return cls(**values).validate()
+
+    @classmethod
+    def coerce(cls, value: MeasureConfig | Mapping[str, Any] | None) -> MeasureConfig:
+        """A ``MeasureConfig`` as it is, a table through :meth:`from_dict`."""
+        return value if isinstance(value, MeasureConfig) else cls.from_dict(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> MeasureConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> MeasureConfig:
+        """Value checks (types already right)."""
+
+        def bad(key: str, allowed: str) -> ConfigError:
+            return ConfigError(f"measure.{key} = {getattr(self, key)!r}: {allowed}")
+
+        device = self.device
+        if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise bad("device", "allowed: cpu, cuda, cuda:N")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"allowed: {', '.join(DTYPES)}")
+        if self.memory_method not in METHODS:
+            raise bad("memory_method", f"allowed: {', '.join(METHODS)}")
+        for key, low in (("batch_size", 1), ("threads", 0), ("warmup", 0), ("repeats", 0), ("min_repeats", 1)):
+            if getattr(self, key) < low:
+                raise bad(key, f"must be >= {low}")
+        if self.max_repeats < self.min_repeats:
+            raise bad("max_repeats", f"must be >= min_repeats ({self.min_repeats})")
+        if self.time_cap_s <= 0:
+            raise bad("time_cap_s", "must be positive")
+        if self.erf_images < 1:
+            raise bad("erf_images", "must be >= 1")
+        if self.max_batch_mem_mb < 0:
+            raise bad("max_batch_mem_mb", "must be >= 0 (0: off)")
+        if not 0 <= self.target_ci < 1:
+            raise bad("target_ci", "must be in [0, 1) (0.02 = +-2% of the median)")
+        return self
+
+
+#: the ``[measure]`` keys and their defaults (docs/measurement.md)
+MEASURE_DEFAULTS: dict[str, Any] = MeasureConfig().to_dict()
 
 _LATENCY_MODES = {"latency": "fwd", "forward_backward": "fwdbwd", "train_step": "train"}
 
@@ -112,50 +181,14 @@ METRIC_DOCS: dict[str, str] = {
 }
 
 
-def resolve_measure(table: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults merged with ``table``, every key and value checked; raises ``ConfigError`` naming the key."""
-    table = dict(table or {})
-    unknown = sorted(set(table) - set(MEASURE_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"measure.{unknown[0]}: unknown key; allowed: {', '.join(MEASURE_DEFAULTS)}")
-    spec = {**MEASURE_DEFAULTS, **table}
-    for key, default in MEASURE_DEFAULTS.items():
-        value = spec[key]
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            spec[key] = value = float(value)
-        if type(value) is not type(default) or (isinstance(value, float) and not math.isfinite(value)):
-            kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[type(default)]
-            raise ConfigError(f"measure.{key} = {value!r}: must be {kind}")
-    validate_measure(spec)
-    return spec
+def resolve_measure(table: MeasureConfig | Mapping[str, Any] | None = None) -> MeasureConfig:
+    """``[measure]`` defaults merged with ``table`` and checked (:meth:`MeasureConfig.from_dict`)."""
+    return MeasureConfig.coerce(table)
 
 
-def validate_measure(spec: Mapping[str, Any]) -> None:
-    """Value checks of a ``[measure]`` table with every key present (types already right)."""
-
-    def bad(key: str, allowed: str) -> ConfigError:
-        return ConfigError(f"measure.{key} = {spec[key]!r}: {allowed}")
-
-    device = spec["device"]
-    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise bad("device", "allowed: cpu, cuda, cuda:N")
-    if spec["dtype"] not in DTYPES:
-        raise bad("dtype", f"allowed: {', '.join(DTYPES)}")
-    if spec["memory_method"] not in METHODS:
-        raise bad("memory_method", f"allowed: {', '.join(METHODS)}")
-    for key, low in (("batch_size", 1), ("threads", 0), ("warmup", 0), ("repeats", 0), ("min_repeats", 1)):
-        if spec[key] < low:
-            raise bad(key, f"must be >= {low}")
-    if spec["max_repeats"] < spec["min_repeats"]:
-        raise bad("max_repeats", f"must be >= min_repeats ({spec['min_repeats']})")
-    if spec["time_cap_s"] <= 0:
-        raise bad("time_cap_s", "must be positive")
-    if spec["erf_images"] < 1:
-        raise bad("erf_images", "must be >= 1")
-    if spec["max_batch_mem_mb"] < 0:
-        raise bad("max_batch_mem_mb", "must be >= 0 (0: off)")
-    if not 0 <= spec["target_ci"] < 1:
-        raise bad("target_ci", "must be in [0, 1) (0.02 = +-2% of the median)")
+def validate_measure(spec: MeasureConfig | Mapping[str, Any]) -> None:
+    """Value checks of a ``[measure]`` table."""
+    MeasureConfig.coerce(spec).validate()
 
 
 # What torch raises without an OOM type: its CPU allocator fails with a plain RuntimeError ("DefaultCPUAllocator:
@@ -183,21 +216,21 @@ def _check_device(device: torch.device) -> None:
         raise ConfigError(f"measure.device = {str(device)!r}, but torch sees no CUDA device here")
 
 
-def _latency_kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
+def _latency_kwargs(spec: MeasureConfig) -> dict[str, Any]:
     return {
-        "warmup": spec["warmup"],
-        "repeats": spec["repeats"] or None,
-        "min_repeats": spec["min_repeats"],
-        "max_repeats": spec["max_repeats"],
-        "time_cap_s": spec["time_cap_s"],
-        "target_ci": spec["target_ci"],
+        "warmup": spec.warmup,
+        "repeats": spec.repeats or None,
+        "min_repeats": spec.min_repeats,
+        "max_repeats": spec.max_repeats,
+        "time_cap_s": spec.time_cap_s,
+        "target_ci": spec.target_ci,
     }
 
 
 def measure_model(
     model: nn.Module,
     config: Any,
-    measure_spec: Mapping[str, Any],
+    measure_spec: MeasureConfig | Mapping[str, Any],
     device: str | torch.device = "cpu",
     *,
     artifact_dir: str | Path | None = None,
@@ -213,37 +246,37 @@ def measure_model(
     spec = resolve_measure(measure_spec)
     device = torch.device(device)
     _check_device(device)
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     options = StepOptions(
-        batch=spec["batch_size"],
+        batch=spec.batch_size,
         img_size=config.img_size,
         in_chans=config.in_chans,
         num_classes=config.num_classes,
-        dtype=spec["dtype"],
-        amp=spec["amp"],
-        channels_last=spec["channels_last"],
-        compile=spec["compile"],
+        dtype=spec.dtype,
+        amp=spec.amp,
+        channels_last=spec.channels_last,
+        compile=spec.compile,
     )
     grid = stem_out_size(config.stem, (config.img_size, config.img_size), config.patch_size)
     metrics: dict[str, float] = {"tokens": float(grid[0] * grid[1])}
 
-    if spec["count"]:
-        counts = count_model(model, config.img_size, in_chans=config.in_chans, device=device, fvcore=spec["fvcore"])
+    if spec.count:
+        counts = count_model(model, config.img_size, in_chans=config.in_chans, device=device, fvcore=spec.fvcore)
         metrics.update({k: v for k, v in counts.items() if isinstance(v, (int, float))})
         try:
             metrics["attention_macs_formula"] = float(analytic_attention_macs(model, config.img_size))
         except NotImplementedError as exc:  # a plugin without a formula: the counted number still stands
             warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
 
-    if any(spec[flag] for flag in (*_LATENCY_MODES, "memory", "efficiency")) or spec["max_batch_mem_mb"] > 0:
+    if any(getattr(spec, flag) for flag in (*_LATENCY_MODES, "memory", "efficiency")) or spec.max_batch_mem_mb > 0:
         # timing owns the machine: in a grid worker this waits until no other cell of the run computes here
         with machine.measuring() as held:
             metrics.update(_timed_figures(model, config, spec, options, device, metrics.get("flops")))
         metrics.update(held)
         metrics["machine_locked"] = 1.0 if machine.locked_worker() else 0.0
 
-    if spec["erf"]:
+    if spec.erf:
         metrics.update(erf_metrics(model, config, spec, device, "erf", artifact_dir, artifacts))
     return metrics
 
@@ -251,7 +284,7 @@ def measure_model(
 def _timed_figures(
     model: nn.Module,
     config: Any,
-    spec: Mapping[str, Any],
+    spec: MeasureConfig,
     options: StepOptions,
     device: torch.device,
     flops: float | None,
@@ -260,10 +293,10 @@ def _timed_figures(
     metrics: dict[str, Any] = {}
     latencies: dict[str, dict[str, float]] = {}
     load = cpu_load()
-    if load is not None and any(spec[flag] for flag in _LATENCY_MODES):
+    if load is not None and any(getattr(spec, flag) for flag in _LATENCY_MODES):
         metrics["cpu_load_1m"] = load  # other work on the machine shows here, and in the spread
     for flag, mode in _LATENCY_MODES.items():
-        if spec[flag]:
+        if getattr(spec, flag):
             latencies[mode] = time_mode(model, mode, options, device, spec)
             metrics.update({f"latency_{mode}_{k}": latencies[mode][k] for k in LATENCY_KEYS})
             if "times_ms" in latencies[mode]:  # every timed call: the store keeps them as samples
@@ -276,24 +309,24 @@ def _timed_figures(
     if "train" in latencies:
         metrics["throughput_train_img_s"] = 1e3 * options.batch / latencies["train"]["median_ms"]
 
-    if spec["memory"]:
+    if spec.memory:
         memory = measure_memory(
             model,
             ("fwd", "train"),
             options,
             device,
-            method=spec["memory_method"],
+            method=spec.memory_method,
             config=config.to_dict(),
-            threads=spec["threads"],
+            threads=spec.threads,
         )
         metrics.update(memory)
         metrics["act_mem_fwd_mb"] = memory["peak_mem_fwd_mb"] - memory["weights_mb"]
-    if spec["max_batch_mem_mb"] > 0:
+    if spec.max_batch_mem_mb > 0:
         metrics.update(max_batch_throughput(model, options, device, spec))
 
-    if spec["efficiency"] and ("fwd" in latencies or "train" in latencies) and flops is not None:
+    if spec.efficiency and ("fwd" in latencies or "train" in latencies) and flops is not None:
         # with autocast the matmuls run in bfloat16: compare with that peak
-        peak = matmul_peak_gflops(device, "bfloat16" if spec["amp"] else spec["dtype"])
+        peak = matmul_peak_gflops(device, "bfloat16" if spec.amp else spec.dtype)
         if "fwd" in latencies:
             metrics.update(efficiency(flops, options.batch, latencies["fwd"]["median_ms"], peak))
         if "train" in latencies:
@@ -307,7 +340,7 @@ def _timed_figures(
 def measure_after_training(
     model: nn.Module,
     config: Any,
-    measure_spec: Mapping[str, Any],
+    measure_spec: MeasureConfig | Mapping[str, Any],
     device: str | torch.device = "cpu",
     *,
     images: torch.Tensor | Iterable[Any] | None = None,
@@ -320,7 +353,7 @@ def measure_after_training(
     images suit a trained model); ``None`` for noise.
     """
     spec = resolve_measure(measure_spec)
-    if not spec["erf"]:
+    if not spec.erf:
         return {}
     if images is not None and not isinstance(images, torch.Tensor):
         images = next(iter(images))[0]
@@ -330,7 +363,7 @@ def measure_after_training(
 def erf_metrics(
     model: nn.Module,
     config: Any,
-    spec: Mapping[str, Any],
+    spec: MeasureConfig,
     device: torch.device,
     prefix: str,
     artifact_dir: str | Path | None = None,
@@ -340,12 +373,12 @@ def erf_metrics(
     name = "erf_untrained" if prefix == "erf" else prefix
     path = Path(artifact_dir) / f"{name}.npy" if artifact_dir is not None else None
     if images is not None:
-        images = images[: spec["erf_images"]]
+        images = images[: spec.erf_images]
     metrics, _ = measure_erf(
         model,
         images,
         img_size=config.img_size,
-        n_images=spec["erf_images"],
+        n_images=spec.erf_images,
         in_chans=config.in_chans,
         device=device,
         save_to=path,
@@ -357,7 +390,7 @@ def erf_metrics(
 
 
 def time_mode(
-    model: nn.Module, mode: str, options: StepOptions, device: torch.device, spec: Mapping[str, Any]
+    model: nn.Module, mode: str, options: StepOptions, device: torch.device, spec: MeasureConfig
 ) -> dict[str, float]:
     """Latency of one mode on a prepared copy of ``model`` (see :mod:`attn_zoo.measure.steps`)."""
     import time
@@ -377,7 +410,7 @@ def time_mode(
 
 
 def max_batch_throughput(
-    model: nn.Module, options: StepOptions, device: torch.device, spec: Mapping[str, Any], limit: int = 1 << 16
+    model: nn.Module, options: StepOptions, device: torch.device, spec: MeasureConfig, limit: int = 1 << 16
 ) -> dict[str, float]:
     """Double the batch from ``batch_size`` while the forward peak fits ``max_batch_mem_mb``; time the last fit.
 
@@ -386,7 +419,7 @@ def max_batch_throughput(
     """
     import dataclasses
 
-    cap = spec["max_batch_mem_mb"]
+    cap = spec.max_batch_mem_mb
     best, best_peak, batch = 0, math.nan, options.batch
     while batch <= limit:
         trial = dataclasses.replace(options, batch=batch)
@@ -416,6 +449,7 @@ __all__ = [
     "MEASURE_DEFAULTS",
     "METRIC_DOCS",
     "MODES",
+    "MeasureConfig",
     "measure_after_training",
     "measure_model",
     "resolve_measure",

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from attn_zoo.report.stats import mean_ci
+from attn_zoo.train.spec import SPEC_COLUMNS
 
 HARNESS = "the harness"  # the part name of the harness fingerprint (grid.provenance.changed_parts uses it too)
 
@@ -47,10 +48,7 @@ IDENTITY_COLUMNS = (
     "status",
     "reason",
     "attempts",
-    "img_size",
-    "dims",
-    "depths",
-    "data",
+    *SPEC_COLUMNS,
     "backends",
     "device",
     "code_fp",

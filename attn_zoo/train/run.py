@@ -31,6 +31,7 @@ from attn_zoo.data.loaders import Data, create_data
 from attn_zoo.errors import AttnZooError
 from attn_zoo.train.pairing import share_init
 from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
+from attn_zoo.train.spec import CellSpec
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
@@ -49,15 +50,16 @@ class TrainResult:
     test_predictions: tuple[Any, Any] | None = None
 
 
-def prepare_data(spec: Mapping[str, Any], img_size: int) -> Data:
-    """The datasets of a cell (``spec["data"]``, ``spec["train"]``, ``spec["seed"]``) at ``img_size``."""
-    data_cfg = DataConfig.from_dict(spec["data"])
-    train_cfg = TrainConfig.from_dict(spec["train"])
+def prepare_data(spec: CellSpec | Mapping[str, Any], img_size: int) -> Data:
+    """The datasets of a cell (``spec.data``, ``spec.train``, ``spec.seed``) at ``img_size``."""
+    spec = CellSpec.coerce(spec)
+    data_cfg = (spec.data or DataConfig()).validate()
+    train_cfg = (spec.train or TrainConfig()).validate()
     return create_data(
         data_cfg,
         img_size=img_size,
         batch_size=train_cfg.batch_size,
-        seed=int(spec["seed"]),
+        seed=spec.seed,
         eval_batch_size=train_cfg.eval_batch_size,
     )
 
@@ -71,9 +73,10 @@ def data_row(data: Data) -> dict[str, float]:
     }
 
 
-def checkpoint_path_for(spec: Mapping[str, Any], directory: str | Path) -> Path:
-    """``DIR/<sha256 of the spec, 16 hex>.ckpt``: a changed cell never resumes another's checkpoint."""
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def checkpoint_path_for(spec: CellSpec | Mapping[str, Any], directory: str | Path) -> Path:
+    """``DIR/<sha256 of the spec's plain form, 16 hex>.ckpt``: a changed cell never resumes another's checkpoint."""
+    plain = spec.to_dict() if isinstance(spec, CellSpec) else spec
+    key = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(directory).expanduser() / f"{key}.ckpt"
 
 
@@ -124,7 +127,7 @@ def progress_reporter(after: int = ESTIMATE_AFTER_STEPS):
 
 
 def run_training(
-    spec: Mapping[str, Any],
+    spec: CellSpec | Mapping[str, Any],
     config: ModelConfig,
     device: str | torch.device = "cpu",
     data: Data | None = None,
@@ -141,16 +144,18 @@ def run_training(
     from attn_zoo.budget import budget_metric
 
     device = torch.device(device)
-    train_cfg = TrainConfig.from_dict(spec["train"])
+    plain = spec.to_dict() if isinstance(spec, CellSpec) else dict(spec)  # what checkpoints are keyed by
+    spec = CellSpec.coerce(spec)
+    train_cfg = (spec.train or TrainConfig()).validate()
     data = data or prepare_data(spec, config.img_size)
     forward_macs = budget_metric(config, "macs")
-    seed_everything(int(spec["seed"]))
+    seed_everything(spec.seed)
     model = Backbone(config)
-    share_init(model, int(spec["seed"]))  # shared modules start alike across mechanisms (paired runs)
+    share_init(model, spec.seed)  # shared modules start alike across mechanisms (paired runs)
     checkpoint = None
     if train_cfg.checkpoint_dir:
         directory = Path(train_cfg.checkpoint_dir).expanduser()
-        checkpoint = checkpoint_path_for(spec, Path(base_dir) / directory if base_dir else directory)
+        checkpoint = checkpoint_path_for(plain, Path(base_dir) / directory if base_dir else directory)
     metrics: dict[str, float] = {**data_row(data), "forward_macs": forward_macs}
     train_loader, share = data.train_loader(), (lambda loader: loader)
     if distributed is not None:
@@ -167,7 +172,7 @@ def run_training(
                 device=device,
                 forward_macs=forward_macs,
                 checkpoint_path=checkpoint,
-                identity={"spec": json.loads(json.dumps(spec, default=str)), "model": config.to_dict()},
+                identity={"spec": json.loads(json.dumps(plain, default=str)), "model": config.to_dict()},
                 on_step=progress_reporter() if distributed is None or distributed.is_main else None,
                 distributed=distributed,
             )
