@@ -200,8 +200,36 @@ def commit() -> str:
         return "unknown"
 
 
+def summary(log: Path) -> str:
+    """The log as a Markdown table (the one in benchmarks/README.md)."""
+    data = json.loads(log.read_text())
+    lines = [
+        "| mechanism | compile s | eager ms | compiled ms | compiled / eager "
+        "| loss curves differ by (10-step means, single steps) "
+        "| channels-last / eager | auto |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        if not r.get("compile_ok"):
+            lines.append(f"| {r['mechanism']} | failed: {r.get('reason')} | | | | | | eager |")
+            continue
+        parity = (
+            f"{r['parity_max_rel_diff_10step_means']:.2g}, {r['parity_max_rel_diff']:.2g} "
+            f"(first step beyond 1e-3: {r['parity_first_step_beyond_tolerance']})"
+            if "parity_steps" in r
+            else "-"
+        )
+        cl = f"{r['channels_last_ratio']:.2f}x" if "channels_last_ratio" in r else "-"
+        lines.append(
+            f"| {r['mechanism']} | {r['compile_s']:.0f} | {r['eager_ms']:.0f} | {r['compiled_ms']:.0f} "
+            f"| {r['compiled_ratio']:.2f}x | {parity} | {cl} | {'compiled' if r['compile'] else 'eager'} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--summary", type=Path, help="print the Markdown table of a log and stop")
     parser.add_argument("--mechanisms", nargs="+", default=list(MECHANISMS), choices=MECHANISMS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
@@ -215,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="write every measurement here (JSON)")
     parser.add_argument("--note", default="", help="conditions of the run, kept in the provenance")
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.summary))
+        return 0
     torch.set_num_threads(args.threads)
     ok, reason = compile_available()
     provenance = {
