@@ -652,7 +652,7 @@ def _resolve_cell(
         "knobs": MixerSpec(label, knobs).to_dict()["knobs"],
         "model": config.to_dict(),
         "data": data.to_dict() if data else None,
-        "train": dataclasses.asdict(train) if train else None,
+        "train": train.to_dict() if train else None,  # "compile" left out while "auto": ids unchanged
         "budget": dataclasses.asdict(budget),
         "measure": measure,
         "seed": seed,

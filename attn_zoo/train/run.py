@@ -30,6 +30,7 @@ from attn_zoo.errors import AttnZooError
 from attn_zoo.train.data import Data, DataConfig, create_data
 from attn_zoo.train.pairing import share_init
 from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
+from attn_zoo.train.speed import apply_training_threads
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
@@ -151,6 +152,8 @@ def run_training(
         directory = Path(train_cfg.checkpoint_dir).expanduser()
         checkpoint = checkpoint_path_for(spec, Path(base_dir) / directory if base_dir else directory)
     metrics: dict[str, float] = {**data_row(data), "forward_macs": forward_macs}
+    # training threads: [measure] threads when given, else floor(cores / cells at once) under the local executor
+    metrics.update(apply_training_threads(spec.get("measure", {}).get("threads")))
     train_loader, share = data.train_loader(), (lambda loader: loader)
     if distributed is not None:
         train_loader = distributed.shard_train_loader(train_loader, train_cfg.batch_size)
@@ -169,6 +172,7 @@ def run_training(
                 identity={"spec": json.loads(json.dumps(spec, default=str)), "model": config.to_dict()},
                 on_step=progress_reporter() if distributed is None or distributed.is_main else None,
                 distributed=distributed,
+                mechanisms=config.mechanisms(),
             )
         )
     except Diverged as exc:
