@@ -113,9 +113,9 @@ def measure(mechanism: str, args) -> dict:
         timed_step(compiled, compiled_model, x, y)
     except Exception as exc:  # any failure of compile: recorded, the mechanism stays eager
         row.update(compile_ok=False, reason=f"compile failed: {one_line(exc)}")
-        return row
-    row.update(compile_ok=True, compile_s=time.perf_counter() - start)
-    if args.parity_steps:
+    else:
+        row.update(compile_ok=True, compile_s=time.perf_counter() - start)
+    if args.parity_steps and row["compile_ok"]:
         start = time.perf_counter()
         ref = train_curve(eager, eager_model, data, args.parity_steps)
         got = train_curve(compiled, compiled_model, data, args.parity_steps)
@@ -139,7 +139,9 @@ def measure(mechanism: str, args) -> dict:
             parity_ok=max(means) <= args.tolerance,
             parity_s=time.perf_counter() - start,
         )
-    variants = {"eager": (eager, eager_model, x), "compiled": (compiled, compiled_model, x)}
+    variants = {"eager": (eager, eager_model, x)}
+    if row["compile_ok"]:
+        variants["compiled"] = (compiled, compiled_model, x)
     if mechanism in args.channels_last:
         cl_model = copy.deepcopy(eager_model).to(memory_format=torch.channels_last)
         variants["channels_last"] = (
@@ -147,6 +149,8 @@ def measure(mechanism: str, args) -> dict:
             cl_model,
             x.contiguous(memory_format=torch.channels_last),
         )
+    if len(variants) == 1:  # nothing to compare with
+        return row
     for step, model, inp in variants.values():  # warm-up
         timed_step(step, model, inp, y)
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -211,7 +215,9 @@ def summary(log: Path) -> str:
     ]
     for r in data["rows"]:
         if not r.get("compile_ok"):
-            lines.append(f"| {r['mechanism']} | failed: {r.get('reason')} | | | | | | eager |")
+            eager = f"{r['eager_ms']:.0f}" if "eager_ms" in r else ""
+            cl = f"{r['channels_last_ratio']:.2f}x" if "channels_last_ratio" in r else "-"
+            lines.append(f"| {r['mechanism']} | {r.get('reason')} | {eager} | - | - | - | {cl} | eager |")
             continue
         parity = (
             f"{r['parity_max_rel_diff_10step_means']:.2g}, {r['parity_max_rel_diff']:.2g} "
