@@ -220,6 +220,7 @@ class LocalExecutor:
                 env=dict(
                     os.environ,
                     PYTHONUNBUFFERED="1",
+                    ATTN_ZOO_CELL_JOBS=str(self.slots),
                     **{PROGRESS_ENV: str(tmp / "progress.json"), WAIT_ENV: str(tmp / "machine_wait")},
                 ),
                 preexec_fn=_worker_setup(self.memory_limit_mb),

@@ -27,7 +27,7 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from attn_zoo.data.seeds import seeded_rng, stream_seed
 from attn_zoo.errors import ConfigError
 from attn_zoo.measure.machine import yield_to_measurement
 from attn_zoo.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from attn_zoo.train.speed import check_compile, training_step, use_compile
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
@@ -83,6 +84,7 @@ class TrainConfig:
     eval_resolution_size: int | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
+    compile: bool | str = "auto"  # torch.compile of the training step: "auto" (measured table), true, false
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -145,6 +147,7 @@ class TrainConfig:
             )
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
             raise ConfigError(f"train: checkpoint_every must be a non-negative integer, got {self.checkpoint_every!r}")
+        check_compile(self.compile)
         return self
 
     @property
@@ -167,6 +170,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["eval_resolutions"] = list(self.eval_resolutions)
+        if self.compile == "auto":  # the default stays out: stored cell ids from before the key are unchanged
+            del out["compile"]
         return out
 
 
@@ -272,6 +277,7 @@ def fit(
     identity: Mapping[str, Any] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     distributed: Distributed | None = None,
+    mechanisms: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Train ``model`` for the configured budget. Seed (``seed_everything``) before building the model.
 
@@ -279,7 +285,9 @@ def fit(
     With ``checkpoint_path``, a checkpoint there is resumed from (if ``identity`` -- the run's configuration
     -- matches the one it was written with) and one is written every ``checkpoint_every`` steps and at the
     end. Returns train_loss (mean of the last 10% of steps), train_steps, train_epochs, train_images,
-    train_macs (when ``forward_macs`` is known), train_time_s and resumed_from_step.
+    train_macs (when ``forward_macs`` is known), train_time_s, resumed_from_step and train_compiled (1 when the
+    step ran through ``torch.compile``: ``compile`` true, or ``"auto"`` and the measured table lists every one
+    of ``mechanisms`` on this device, see :mod:`attn_zoo.train.speed`).
 
     With ``distributed`` (DDP under torchrun, see :mod:`attn_zoo.train.distributed`), ``train_loader`` yields
     this rank's slice of each global batch of ``config.batch_size``; gradients are averaged over the ranks,
@@ -332,6 +340,8 @@ def fit(
         distributed.same_everywhere(step, "the step resumed from")
         distributed.decorrelate(step)
         net = distributed.wrap(model)
+    compiled = use_compile(config, mechanisms, device)
+    train_step = training_step(net, criterion, compiled)  # the loss function is chosen once, here
     main_rank = distributed is None or distributed.is_main
 
     def save() -> None:
@@ -367,7 +377,7 @@ def fit(
             elif mixup is not None:
                 images, labels = mixup(images, labels)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = criterion(net(images), labels)
+                loss = train_step(images, labels)
             value = loss.item() if distributed is None else distributed.mean(loss)
             if not math.isfinite(value):
                 raise Diverged(step, value)
@@ -403,6 +413,7 @@ def fit(
         "train_time_s": elapsed + time.perf_counter() - start,
         "resumed_from_step": resumed,
         "lr_final": optimizer.param_groups[0]["lr"],
+        "train_compiled": float(compiled),
     }
     if forward_macs:
         out["train_macs"] = float(TRAIN_MACS_FACTOR * forward_macs * images_seen)

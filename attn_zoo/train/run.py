@@ -32,6 +32,7 @@ from attn_zoo.errors import AttnZooError
 from attn_zoo.train.pairing import share_init
 from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
 from attn_zoo.train.spec import CellSpec
+from attn_zoo.train.speed import apply_training_threads
 
 if TYPE_CHECKING:
     from attn_zoo.train.distributed import Distributed
@@ -157,6 +158,8 @@ def run_training(
         directory = Path(train_cfg.checkpoint_dir).expanduser()
         checkpoint = checkpoint_path_for(plain, Path(base_dir) / directory if base_dir else directory)
     metrics: dict[str, float] = {**data_row(data), "forward_macs": forward_macs}
+    # training threads: [measure] threads when given, else floor(cores / cells at once) under the local executor
+    metrics.update(apply_training_threads(spec.measure.threads if spec.measure else None))
     train_loader, share = data.train_loader(), (lambda loader: loader)
     if distributed is not None:
         train_loader = distributed.shard_train_loader(train_loader, train_cfg.batch_size)
@@ -175,6 +178,7 @@ def run_training(
                 identity={"spec": json.loads(json.dumps(plain, default=str)), "model": config.to_dict()},
                 on_step=progress_reporter() if distributed is None or distributed.is_main else None,
                 distributed=distributed,
+                mechanisms=config.mechanisms(),
             )
         )
     except Diverged as exc:
