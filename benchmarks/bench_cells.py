@@ -50,10 +50,12 @@ import json, sys
 from attn_zoo.grid.suite import load_suite
 suite = load_suite(sys.argv[1], overrides=json.loads(sys.argv[2]))
 want = json.loads(sys.argv[3])
-cells = [c for c in suite.cells if all(c.spec.get(k) == v for k, v in want.items())]
-if not cells:
+plain = lambda spec: spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)  # a typed spec, or an older dict
+specs = [plain(c.spec) for c in suite.cells]
+specs = [s for s in specs if all(s.get(k) == v for k, v in want.items())]
+if not specs:
     sys.exit("no cell of " + sys.argv[1] + " matches " + sys.argv[3])
-print(json.dumps(dict(cells[0].spec), default=str))
+print(json.dumps(specs[0], default=str))
 """
 
 
@@ -135,15 +137,9 @@ def run_cell(tree: Path, spec_path: Path, work: Path, env: dict) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    from attn_zoo.measure.environment import cpu_model  # the CPU model name the store's rows record
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def summarize(runs: dict, revisions: dict) -> dict:
