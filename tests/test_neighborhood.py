@@ -372,13 +372,19 @@ def test_custom_op_registrations(border):
     torch.library.opcheck(torch.ops.attn_zoo.na2d_backward.default, (grad_out, q, k, v, probs, *args))
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("layout", ["contiguous", "heads_last_views"])
+def test_torch_compile_fullgraph(layout):
     # One graph through the custom ops, forward and backward. inductor, because it checks the real
-    # kernels' output strides against the fake ones (aot_eager does not). The graph is the custom ops
-    # alone, so no C++ kernel is generated.
+    # kernels' output strides against the fake ones (aot_eager does not). "heads_last_views": q, k, v are
+    # permuted views of (B, H, W, heads, d) tensors, as MSA-Conv and MSDA hand them over (a gradient that
+    # kept q's strides failed that check when msa_conv's training step was compiled).
     q, k, v = _inputs((2, 2, 9, 8), d_qk=4, d_v=4, dtype=torch.float32, grad=True)
+    if layout == "heads_last_views":
+        q, k, v = (t.detach().permute(0, 2, 3, 1, 4).contiguous().requires_grad_() for t in (q, k, v))
 
     def fn(q, k, v):
+        if layout == "heads_last_views":
+            q, k, v = (t.permute(0, 3, 1, 2, 4) for t in (q, k, v))
         return neighborhood_attention(q, k, v, (3, 3), (2, 2), scale=0.5, backend="cpu_fast")
 
     want = fn(q, k, v)

@@ -20,12 +20,7 @@ from attn_zoo.train.recipe import TrainConfig, fit, seed_everything
 TINY = {"dims": [12, 24, 48, 96], "depths": [1, 1, 1, 1]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(mechanism: str, **knobs) -> Backbone:

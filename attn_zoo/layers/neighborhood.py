@@ -527,7 +527,9 @@ def _na2d_backward_op(
     delta = (probs * d_s).sum(dim=0)
     d_s.sub_(delta).mul_(probs).mul_(scale)
 
-    dq = torch.zeros_like(qt)
+    # a fresh contiguous buffer, not zeros_like: the output strides must be the fake kernel's whatever q's
+    # layout (torch.compile asserts them), and a heads-last q would otherwise hand its strides on
+    dq = qt.new_zeros(qt.shape)
     dk_buf, dv_buf = geo.grad_buffer(kp), geo.grad_buffer(vp)
     prod_q = torch.empty_like(qt)
     for o in range(kk):
@@ -552,7 +554,8 @@ def _na2d_backward_fake(
     scale: float,
     border: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # contiguous, as the real kernel returns them (empty_like would keep a permuted input's strides)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _na2d_setup_context(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:  # type: ignore[no-untyped-def]
