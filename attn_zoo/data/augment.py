@@ -9,8 +9,8 @@
 The tail runs on a batch of uint8 tensors when it is one of the pipelines the suites use: evaluation
 (``ToTensor``, ``Normalize``), ``none``, ``flip`` (``RandomHorizontalFlip``) and ``light`` (``RandomCrop`` with
 constant zero padding, then the flip). Each image's random numbers are drawn as the per-sample path draws them:
-a torch generator seeded with ``stream_seed(draw_seed, "augment", epoch, image)`` (the paired design of
-docs/training.md), ``randint`` for the crop's row, then its column (none when the padded image is the crop's
+a torch generator seeded with the image's augmentation seed (``stream_seed(draw_seed, "augment", epoch,
+image)``, from ``TransformSubset._augment_seed``; the paired design of docs/training.md), ``randint`` for the crop's row, then its column (none when the padded image is the crop's
 size), ``rand(1) < p`` for the flip. The pixel work is exact (integer padding, cropping and flipping; then the
 same float32 division by 255, subtraction of the mean and division by the standard deviation, element by
 element), so a batch equals, bit for bit, the stacked per-sample results (tests/test_data_cache.py checks it).
@@ -27,8 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from torchvision import transforms as T
-
-from attn_zoo.data.seeds import stream_seed
 
 __all__ = ["BatchTail", "SplitTransform"]
 
@@ -137,9 +135,3 @@ class SplitTransform:
         self.head = T.Compose(steps[:k]) if k else None
         self.tail = T.Compose(steps[k:])
         self.batch = _batch_tail(steps[k:])
-
-    def seeds(self, draw_seed: int | None, epoch: int, items: Sequence[int]) -> list[int] | None:
-        """Each image's augmentation seed (None without a draw seed)."""
-        if draw_seed is None:
-            return None
-        return [stream_seed(draw_seed, "augment", epoch, int(item)) for item in items]

@@ -57,9 +57,6 @@ class Decoded:
             raise KeyError("decoded cache: an item outside the decoded ones was asked for")
         return rows
 
-    def image(self, item: int) -> Image.Image:
-        return Image.fromarray(np.asarray(self.images[int(self.rows([item])[0])]))  # 2-D: mode L, 3 channels: RGB
-
 
 def source_files(dataset: Dataset) -> Path | None:
     """The file or directory a file-backed dataset reads (timm's ``ImageDataset`` reader root), else None

@@ -168,30 +168,33 @@ class TransformSubset(Dataset):
         labels = [int(self.base_targets[i]) for i in items]
         batch = self.split.batch
         if batch is not None and (not batch.random or self.draw_seed is not None):
-            seeds = self.split.seeds(self.draw_seed, self.epoch, items) if batch.random else None
+            seeds = [self._augment_seed(item) for item in items] if batch.random else None
             return list(zip(batch(images, seeds).unbind(0), labels, strict=True))
-        out = []
-        for array, item, label in zip(images, items, labels, strict=True):
-            img = Image.fromarray(np.asarray(array))
-            if self.draw_seed is not None:
-                with seeded_rng(stream_seed(self.draw_seed, "augment", self.epoch, int(item))):
-                    img = self.split.tail(img)
-            else:
-                img = self.split.tail(img)
-            out.append((img, label))
-        return out
+        tail = self.split.tail
+        return [
+            (self._transform(tail, Image.fromarray(np.asarray(array)), item), label)
+            for array, item, label in zip(images, items, labels, strict=True)
+        ]
 
     def __getitem__(self, index: int):
         if self.decoded is not None:
             return self.__getitems__([index])[0]
         item = int(self.indices[index])
         img, label = self.base[item]
-        if self.transform is not None and self.draw_seed is not None:
-            with seeded_rng(stream_seed(self.draw_seed, "augment", self.epoch, item)):
-                img = self.transform(img)
-        elif self.transform is not None:
-            img = self.transform(img)
+        if self.transform is not None:
+            img = self._transform(self.transform, img, item)
         return img, int(label)
+
+    def _augment_seed(self, item: int) -> int:
+        """The seed of base item ``item``'s augmentation in this epoch (the paired key: run seed, epoch, item)."""
+        return stream_seed(self.draw_seed, "augment", self.epoch, int(item))
+
+    def _transform(self, transform: Callable, img: Any, item: int) -> Any:
+        """``transform(img)``; in a training view under the item's own seeded generators (:meth:`_augment_seed`)."""
+        if self.draw_seed is None:
+            return transform(img)
+        with seeded_rng(self._augment_seed(item)):
+            return transform(img)
 
 
 class EpochSampler(Sampler[int]):
