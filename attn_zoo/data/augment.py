@@ -6,14 +6,15 @@
   ``CenterCrop``), applied once, when the split is decoded (:mod:`attn_zoo.data.cache`);
 - the *tail*: the rest, applied to each batch.
 
-The tail runs on a batch of uint8 tensors when it is one of the pipelines the suites use: evaluation
-(``ToTensor``, ``Normalize``), ``none``, ``flip`` (``RandomHorizontalFlip``) and ``light`` (``RandomCrop`` with
-constant zero padding, then the flip). Each image's random numbers are drawn as the per-sample path draws them:
-a torch generator seeded with the image's augmentation seed (``stream_seed(draw_seed, "augment", epoch,
-image)``, from ``TransformSubset._augment_seed``; the paired design of docs/training.md), ``randint`` for the crop's row, then its column (none when the padded image is the crop's
-size), ``rand(1) < p`` for the flip. The pixel work is exact (integer padding, cropping and flipping; then the
-same float32 division by 255, subtraction of the mean and division by the standard deviation, element by
-element), so a batch equals, bit for bit, the stacked per-sample results (tests/test_data_cache.py checks it).
+The tail runs on a batch of uint8 tensors when it is one of the pipelines the suites use: evaluation (``ToTensor``,
+``Normalize``), ``none``, ``flip`` (``RandomHorizontalFlip``) and ``light`` (``RandomCrop`` with constant zero
+padding, then the flip). Each image's random numbers are drawn as the per-sample path draws them: a torch generator
+seeded with the image's augmentation seed (``stream_seed(draw_seed, "augment", epoch, image)``, from
+``TransformSubset._augment_seed``; the paired design of docs/training.md), ``randint`` for the crop's row, then its
+column (none when the padded image is the crop's size), ``rand(1) < p`` for the flip. The pixel work is exact
+(integer padding, cropping and flipping; then the same float32 division by 255, subtraction of the mean and
+division by the standard deviation, element by element), so a batch equals, bit for bit, the stacked per-sample
+results (tests/test_data_cache.py checks it).
 Any other tail (``augment = "timm"``: random-resized crop, colour jitter, ...) runs per sample, on the decoded
 image as a PIL image, under :func:`attn_zoo.data.seeds.seeded_rng` as before.
 """
