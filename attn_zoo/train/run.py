@@ -31,7 +31,7 @@ from attn_zoo.data.loaders import Data, create_data
 from attn_zoo.errors import AttnZooError
 from attn_zoo.train.pairing import share_init
 from attn_zoo.train.recipe import Diverged, TrainConfig, evaluate, fit, seed_everything
-from attn_zoo.train.spec import CellSpec
+from attn_zoo.train.spec import CellSpec, plain_spec
 from attn_zoo.train.speed import apply_training_threads
 
 if TYPE_CHECKING:
@@ -76,8 +76,7 @@ def data_row(data: Data) -> dict[str, float]:
 
 def checkpoint_path_for(spec: CellSpec | Mapping[str, Any], directory: str | Path) -> Path:
     """``DIR/<sha256 of the spec's plain form, 16 hex>.ckpt``: a changed cell never resumes another's checkpoint."""
-    plain = spec.to_dict() if isinstance(spec, CellSpec) else spec
-    key = hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(plain_spec(spec), sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(directory).expanduser() / f"{key}.ckpt"
 
 
@@ -145,7 +144,7 @@ def run_training(
     from attn_zoo.budget import budget_metric
 
     device = torch.device(device)
-    plain = spec.to_dict() if isinstance(spec, CellSpec) else dict(spec)  # what checkpoints are keyed by
+    plain = plain_spec(spec)  # what checkpoints are keyed by
     spec = CellSpec.coerce(spec)
     train_cfg = (spec.train or TrainConfig()).validate()
     data = data or prepare_data(spec, config.img_size)

@@ -137,20 +137,21 @@ def _train_config(table: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(**kwargs)
 
 
-def _plain(spec: CellSpec | Mapping[str, Any]) -> dict[str, Any]:
+def plain_spec(spec: CellSpec | Mapping[str, Any]) -> dict[str, Any]:
+    """The plain form of a spec: :meth:`CellSpec.to_dict`, or a plain dict as it was given (ids, checkpoints)."""
     return spec.to_dict() if isinstance(spec, CellSpec) else dict(spec)
 
 
 def cell_hash(spec: CellSpec | Mapping[str, Any]) -> str:
     """Hash of the resolved configuration and the code version: a changed cell is a new cell."""
-    core = {k: v for k, v in _plain(spec).items() if k != "factors"}
+    core = {k: v for k, v in plain_spec(spec).items() if k != "factors"}
     payload = json.dumps({"spec": core, "code": attn_zoo.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def config_hash(spec: CellSpec | Mapping[str, Any]) -> str:
     """Hash of the resolved configuration without the seed: the key that seeds are aggregated over."""
-    core = {k: v for k, v in _plain(spec).items() if k not in ("factors", "seed")}
+    core = {k: v for k, v in plain_spec(spec).items() if k not in ("factors", "seed")}
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -256,5 +257,6 @@ __all__ = [
     "build_cell_spec",
     "cell_hash",
     "config_hash",
+    "plain_spec",
     "spec_columns",
 ]
