@@ -9,6 +9,7 @@ file tell the runner what happened. Outcomes: ``ok``, ``diverged`` (loss not fin
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -134,29 +135,25 @@ def failure_result(exc: BaseException) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args, plugins = [], []
-    items = iter(argv)
-    for arg in items:
-        if arg == "--plugin":
-            plugins.append(next(items))
-        else:
-            args.append(arg)
-    spec_path, result_path = Path(args[0]), Path(args[1])
-    artifact_dir = Path(args[2]) if len(args) > 2 else None
-    spec = json.loads(spec_path.read_text())
+    parser = argparse.ArgumentParser(prog="python -m attn_zoo.grid.cell", description="Run one cell (a worker).")
+    parser.add_argument("spec", type=Path, help="the cell's spec (JSON)")
+    parser.add_argument("result", type=Path, help="where the result is written (JSON)")
+    parser.add_argument("artifact_dir", type=Path, nargs="?", help="where the cell may write files")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE", help="a plugin file to load first")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.spec.read_text())
     try:
-        if plugins:
+        if args.plugin:
             from attn_zoo.registry import load_plugin_file
 
-            for plugin in plugins:
+            for plugin in args.plugin:
                 load_plugin_file(plugin)
-        result = run_cell(spec, artifact_dir=artifact_dir)
+        result = run_cell(spec, artifact_dir=args.artifact_dir)
     except BaseException as exc:  # the worker reports every failure to the runner, then exits non-zero
         result = failure_result(exc)
-    tmp = result_path.with_suffix(".tmp")
+    tmp = args.result.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, default=str))
-    os.replace(tmp, result_path)  # the runner sees the whole result or none
+    os.replace(tmp, args.result)  # the runner sees the whole result or none
     return 0 if result["status"] in ("ok", "diverged") else 3
 
 
