@@ -172,7 +172,6 @@ class WindowPlan:
         heads: int,
         shift: int,
         device: torch.device,
-        mask: torch.Tensor | None,
     ):
         self.height, self.width = height, width
         self.window = (int(window[0]), int(window[1]))
@@ -182,7 +181,7 @@ class WindowPlan:
         self.tokens = Mh * Mw
         self.num_windows = self.padded_size[0] * self.padded_size[1] // self.tokens
         self.is_padded = self.padded_size != (height, width)
-        self.mask = mask
+        self.mask: torch.Tensor | None = None  # set by Windows.plan, from the mechanism's mask values
         self._orders: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def _order(self, heads: int) -> tuple[torch.Tensor, ...]:
@@ -284,13 +283,14 @@ class Windows:
         window = self.window if window is None else (int(window[0]), int(window[1]))
         key = (height, width, window, device)
         if key not in self._plans:
-            mask = self._mask(height, width, window, device)
-            self._plans[key] = WindowPlan(height, width, window, self.heads, self.shift, device, mask)
+            plan = WindowPlan(height, width, window, self.heads, self.shift, device)
+            plan.mask = self._mask(plan)
+            self._plans[key] = plan
         return self._plans[key]
 
-    def _mask(self, H: int, W: int, window: tuple[int, int], device: torch.device) -> torch.Tensor | None:
-        Mh, Mw = window
-        Hp, Wp = -(-H // Mh) * Mh, -(-W // Mw) * Mw
+    def _mask(self, plan: WindowPlan) -> torch.Tensor | None:
+        H, W, window, device = plan.height, plan.width, plan.window, plan.device
+        (Mh, Mw), (Hp, Wp) = window, plan.padded_size
         s = self.shift
         pad_keys = None
         if self.pad_mask_value is not None and (Hp, Wp) != (H, W):
